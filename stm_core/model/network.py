@@ -1,0 +1,94 @@
+"""The STM network: weights and stage methods, no per-video state.
+
+Attribute names follow the official release (``Encoder_M``, ``Encoder_Q``, ``KV_M_r4``,
+``KV_Q_r4``, ``Decoder``) so that ``STM_weights.pth`` loads with ``strict=True``; they are kept as
+attribute names rather than mapped, so there is exactly one spelling of every key.
+Per-video state (memory, object ids, frame counters) lives in :mod:`stm_core.memory_bank` and
+:mod:`stm_core.propagation`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .blocks import KeyValue
+from .decoder import Decoder
+from .encoders import MemoryEncoder, QueryEncoder
+from .ops import read_memory, to_tokens
+from .trunks import TrunkSpec, trunk_spec
+
+
+@dataclass
+class QueryFeatures:
+    """One frame's query encoding, shared by every object segmented on it.
+
+    ``key``: 1 x (h*w) x Ck tokens; ``value``: 1 x Cv x h x w; ``f8``, ``f4``: decoder skips;
+    h x w is the padded frame size / 16.
+    """
+
+    key: torch.Tensor
+    value: torch.Tensor
+    f8: torch.Tensor
+    f4: torch.Tensor
+
+
+class STM(nn.Module):
+    def __init__(self, trunk: str = "resnet50") -> None:
+        super().__init__()
+        self.spec: TrunkSpec = trunk_spec(trunk)
+        s = self.spec
+        self.Encoder_M = MemoryEncoder(s.name)
+        self.Encoder_Q = QueryEncoder(s.name)
+        self.KV_M_r4 = KeyValue(s.f16, s.key_dim, s.value_dim)
+        self.KV_Q_r4 = KeyValue(s.f16, s.key_dim, s.value_dim)
+        self.Decoder = Decoder(2 * s.value_dim, s.f8, s.f4, s.decoder_dim)
+
+    def forward(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError(
+            "STM has no forward(); call encode_memory / encode_query / segment, or use "
+            "stm_core.propagate for a whole video"
+        )
+
+    def encode_memory(
+        self, frame: torch.Tensor, masks: torch.Tensor, others: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory key and value of one frame for N objects.
+
+        ``frame``: 1 x 3 x H x W (or N x 3 x H x W), ``masks``/``others``: N x H x W, H and W
+        multiples of 16 -> keys N x (h*w) x Ck and values N x (h*w) x Cv tokens.
+        """
+        n = masks.shape[0]
+        f16 = self.Encoder_M(_per_object(frame, n), masks.unsqueeze(1), others.unsqueeze(1))
+        key, value = self.KV_M_r4(f16)
+        return to_tokens(key), to_tokens(value)
+
+    def encode_query(self, frame: torch.Tensor) -> QueryFeatures:
+        """``frame``: B x 3 x H x W in [0, 1], H and W multiples of 16."""
+        f16, f8, f4 = self.Encoder_Q(frame)
+        key, value = self.KV_Q_r4(f16)
+        return QueryFeatures(key=to_tokens(key), value=value, f8=f8, f4=f4)
+
+    def segment(
+        self, query: QueryFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor
+    ) -> torch.Tensor:
+        """Foreground probability of N objects on one frame.
+
+        ``memory_keys``: N x M x Ck and ``memory_values``: N x M x Cv (M = T*h*w), one row per
+        object; ``query`` of batch 1 (shared by the objects) or N -> N x H x W probabilities.
+        """
+        n = memory_keys.shape[0]
+        readout = read_memory(memory_keys, memory_values, _per_object(query.key, n))
+        h, w = query.value.shape[-2:]
+        readout = readout.transpose(1, 2).reshape(n, -1, h, w)  # N x Cv x h x w
+        fused = torch.cat([readout, _per_object(query.value, n)], dim=1)
+        logits = self.Decoder(fused, _per_object(query.f8, n), _per_object(query.f4, n))
+        return F.softmax(logits, dim=1)[:, 1]
+
+
+def _per_object(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Broadcast a batch-1 tensor to N rows without copying; N-row tensors pass through."""
+    return x.expand(n, *x.shape[1:]) if x.shape[0] == 1 else x

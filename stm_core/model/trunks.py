@@ -1,0 +1,58 @@
+"""Named ResNet trunks and the channel widths that follow from each.
+
+The trunk is a configuration choice, like torchvision's ``resnet50(weights=...)``: the rest of the
+network only needs the channel counts at strides 16, 8 and 4, which live here in one table so the
+encoders, key/value heads and decoder never hard-code them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch.nn as nn
+import torchvision
+
+
+@dataclass(frozen=True)
+class TrunkSpec:
+    """Channel widths of one STM variant.
+
+    ``f16``/``f8``/``f4`` are the trunk's output channels at strides 16 (layer3), 8 (layer2) and
+    4 (layer1). Key and value widths follow the paper's ratios (C/8 and C/2 of ``f16``).
+    """
+
+    name: str
+    f16: int
+    f8: int
+    f4: int
+    key_dim: int
+    value_dim: int
+    decoder_dim: int
+
+    def to_dict(self) -> dict[str, int | str]:
+        return asdict(self)
+
+
+TRUNKS: dict[str, TrunkSpec] = {
+    # The paper's network; its shapes equal the official STM_weights.pth (spec/).
+    "resnet50": TrunkSpec(
+        "resnet50", f16=1024, f8=512, f4=256, key_dim=128, value_dim=512, decoder_dim=256
+    ),
+    # A small variant for CPU training and fast labelling.
+    "resnet18": TrunkSpec(
+        "resnet18", f16=256, f8=128, f4=64, key_dim=32, value_dim=128, decoder_dim=128
+    ),
+}
+
+
+def trunk_spec(name: str) -> TrunkSpec:
+    try:
+        return TRUNKS[name]
+    except KeyError:
+        raise ValueError(f"unknown trunk {name!r}; choose one of {sorted(TRUNKS)}") from None
+
+
+def build_resnet(name: str) -> nn.Module:
+    """A torchvision ResNet with random weights: weights are never downloaded here."""
+    trunk_spec(name)
+    return getattr(torchvision.models, name)(weights=None)

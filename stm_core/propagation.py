@@ -1,0 +1,237 @@
+"""Propagate seed masks through one video: the contract every other layer calls.
+
+``propagate()`` streams: it holds one frame (plus the previous one, whose memory encoding is
+deferred until the next frame arrives) and the memory bank, never the whole video. Per-frame
+decisions are named first and then acted on (see :meth:`VideoSession.step`).
+
+With one seed on frame 0 and unbounded memory this is the official release's evaluation loop:
+frame t is segmented against the permanent entries (frames 0, mem_every, 2*mem_every, ...) plus
+frame t-1 as a temporary entry, each encoded with its soft probabilities.
+
+Generalisations beyond the release:
+- An object joins on the frame of its first seed; before it, it has no channel; on it, its mask is
+  exactly the seed; afterwards its memory is the entries from that frame on.
+- A seed for a known object is a correction: it replaces the prediction on that frame, pixels it
+  claims are taken from every other object, and the frame goes into memory.
+- Every seed frame is a pinned permanent entry; other permanent entries are every ``mem_every``-th
+  frame counted from the first seed, capped by ``max_memory_frames`` (see memory_bank.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+from .memory_bank import MemoryBank, MemoryEntry
+from .model.network import STM
+from .model.ops import Pad, others_mask, pad_to_multiple, soft_aggregate, unpad
+
+PAD_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One frame's output. ``probs``: float32 (1 + N) x H x W (background, then ``object_ids``);
+    ``labels``: uint8 H x W in the caller's object ids."""
+
+    frame_index: int
+    object_ids: tuple[int, ...]
+    probs: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class _Pending:
+    """The latest frame, kept until the next one arrives so it is encoded into memory only if
+    something will read it."""
+
+    frame_index: int
+    image: torch.Tensor  # 1 x 3 x Hp x Wp, padded
+    probs: torch.Tensor  # (1 + N) x Hp x Wp, padded
+    object_ids: tuple[int, ...]
+    permanent: bool
+    pinned: bool
+
+
+class VideoSession:
+    """Per-video state for one STM network (one session per video; the network is shared)."""
+
+    def __init__(self, model: STM, mem_every: int = 5, max_memory_frames: int | None = None):
+        if mem_every < 1:
+            raise ValueError(f"mem_every must be >= 1, got {mem_every}")
+        self.model = model
+        self.mem_every = mem_every
+        self.bank = MemoryBank(max_memory_frames)
+        self.device = next(model.parameters()).device
+        self.object_ids: tuple[int, ...] = ()
+        self.joined_on: dict[int, int] = {}  # object id -> frame of its first seed
+        self.first_seed_frame: int | None = None
+        self.size: tuple[int, int] | None = None
+        self._pad: Pad | None = None
+        self._pending: _Pending | None = None
+
+    def step(self, t: int, frame: np.ndarray, seed: np.ndarray | None = None) -> FrameResult:
+        """Segment frame ``t`` (H x W x 3 uint8), applying ``seed`` (H x W uint8) if given."""
+        self._check_frame(t, frame)
+        if seed is not None:
+            seed = self._check_seed(t, seed)
+        with torch.inference_mode():
+            image = self._to_tensor(frame)
+            # Decide first, then act.
+            seed_ids = _ids_in(seed) if seed is not None else ()
+            need_segment = bool(self.object_ids)
+            if seed_ids and self.first_seed_frame is None:
+                self.first_seed_frame = t
+            is_seed_frame = bool(seed_ids)
+            is_permanent = is_seed_frame or (
+                self.first_seed_frame is not None
+                and (t - self.first_seed_frame) % self.mem_every == 0
+            )
+
+            self._memorize_pending()
+            probs = self._segment(image) if need_segment else self._background(image)
+            if is_seed_frame:
+                probs = self._apply_seed(t, probs, seed, seed_ids)
+            if self.object_ids:
+                self._pending = _Pending(
+                    t, image, probs, self.object_ids, is_permanent, pinned=is_seed_frame
+                )
+            return self._result(t, probs)
+
+    # -- memory ---------------------------------------------------------------------------
+    def _memorize_pending(self) -> None:
+        p = self._pending
+        if p is None:
+            return
+        masks = p.probs[1:]
+        keys, values = self.model.encode_memory(p.image, masks, others_mask(masks))
+        entry = MemoryEntry(p.frame_index, p.object_ids, keys, values, pinned=p.pinned)
+        self.bank.add(entry, permanent=p.permanent)
+        self._pending = None
+
+    # -- segmentation ---------------------------------------------------------------------
+    def _segment(self, image: torch.Tensor) -> torch.Tensor:
+        """Probabilities (1 + N) x Hp x Wp of the known objects on this frame."""
+        query = self.model.encode_query(image)
+        object_probs = torch.empty((len(self.object_ids), *image.shape[-2:]), device=self.device)
+        for since, group in self._groups():
+            keys, values = self.bank.read(group, since)
+            rows = [self.object_ids.index(o) for o in group]
+            object_probs[rows] = self.model.segment(query, keys, values)
+        return F.softmax(soft_aggregate(object_probs), dim=0)
+
+    def _groups(self) -> list[tuple[int, tuple[int, ...]]]:
+        """Objects that joined on the same frame share the same memory frames: one batch each."""
+        by_frame: dict[int, list[int]] = {}
+        for o in self.object_ids:
+            by_frame.setdefault(self.joined_on[o], []).append(o)
+        return [(since, tuple(ids)) for since, ids in sorted(by_frame.items())]
+
+    def _background(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.ones((1, *image.shape[-2:]), device=self.device)
+
+    def _apply_seed(
+        self, t: int, probs: torch.Tensor, seed: np.ndarray, seed_ids: tuple[int, ...]
+    ) -> torch.Tensor:
+        """Seed objects get exactly their mask; everyone else keeps their prediction outside it."""
+        new_ids = tuple(o for o in seed_ids if o not in self.joined_on)
+        for o in new_ids:
+            self.joined_on[o] = t
+        merged_ids = tuple(sorted(self.object_ids + new_ids))
+        labels, _ = pad_to_multiple(torch.from_numpy(seed).to(self.device), PAD_MULTIPLE)
+        out = torch.zeros((1 + len(merged_ids), *probs.shape[-2:]), device=self.device)
+        out[0] = probs[0]
+        for i, o in enumerate(self.object_ids):
+            out[1 + merged_ids.index(o)] = probs[1 + i]
+        claimed = (labels > 0).to(out.dtype)
+        out *= 1 - claimed
+        for o in seed_ids:
+            out[1 + merged_ids.index(o)] = (labels == o).to(out.dtype)
+        self.object_ids = merged_ids
+        return out
+
+    # -- input checks and conversions -----------------------------------------------------
+    def _check_frame(self, t: int, frame: np.ndarray) -> None:
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise InputError(
+                f"frame {t}",
+                f"expected an H x W x 3 uint8 RGB array, got {frame.dtype} {frame.shape}",
+            )
+        size = (frame.shape[0], frame.shape[1])
+        if self.size is None:
+            self.size = size
+        elif size != self.size:
+            raise InputError(
+                f"frame {t}",
+                f"size {size[1]}x{size[0]} differs from the video's "
+                f"{self.size[1]}x{self.size[0]} (W x H)",
+            )
+
+    def _check_seed(self, t: int, seed: np.ndarray) -> np.ndarray:
+        seed = np.asarray(seed)
+        if seed.ndim != 2 or seed.shape != self.size:
+            raise InputError(
+                f"seed for frame {t}",
+                f"mask shape {seed.shape} does not match the frame size {self.size} (H x W)",
+            )
+        if seed.dtype != np.uint8:
+            if seed.min() < 0 or seed.max() > 255 or not np.issubdtype(seed.dtype, np.integer):
+                raise InputError(f"seed for frame {t}", "labels must be integers in 0..255")
+            seed = seed.astype(np.uint8)
+        return np.ascontiguousarray(seed)
+
+    def _to_tensor(self, frame: np.ndarray) -> torch.Tensor:
+        image = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device)
+        image = image.permute(2, 0, 1).unsqueeze(0).float() / 255.0
+        padded, self._pad = pad_to_multiple(image, PAD_MULTIPLE)
+        return padded
+
+    def _result(self, t: int, probs: torch.Tensor) -> FrameResult:
+        assert self._pad is not None
+        probs = unpad(probs, self._pad)
+        lookup = torch.tensor((0, *self.object_ids), dtype=torch.uint8, device=probs.device)
+        labels = lookup[probs.argmax(dim=0)]
+        return FrameResult(
+            frame_index=t,
+            object_ids=self.object_ids,
+            probs=probs.float().cpu().numpy(),
+            labels=labels.cpu().numpy(),
+        )
+
+
+def propagate(
+    model: STM,
+    frames: Iterable[np.ndarray],
+    seeds: Mapping[int, np.ndarray],
+    mem_every: int = 5,
+    max_memory_frames: int | None = None,
+) -> Iterator[FrameResult]:
+    """Yield one :class:`FrameResult` per frame of ``frames``, in order.
+
+    ``frames``: any iterable of H x W x 3 uint8 RGB arrays (consumed lazily); ``seeds``: frame index
+    -> H x W uint8 label map (0 = background, any other value an object id). The model stays on its
+    own device; the caller picks it (see ``stm_core.load_model``).
+    """
+    if not seeds:
+        raise InputError(None, "no seed masks: at least one frame needs a seed")
+    bad = [k for k in seeds if not isinstance(k, int | np.integer) or k < 0]
+    if bad:
+        raise InputError(None, f"seed frame indices must be non-negative integers, got {bad}")
+    session = VideoSession(model, mem_every=mem_every, max_memory_frames=max_memory_frames)
+    count = 0
+    for t, frame in enumerate(frames):
+        yield session.step(t, frame, seeds.get(t))
+        count = t + 1
+    beyond = sorted(k for k in seeds if k >= count)
+    if beyond:
+        raise InputError(None, f"seeds for frames {beyond} but the video has only {count} frames")
+
+
+def _ids_in(seed: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.unique(seed) if i != 0)
