@@ -111,8 +111,9 @@ def _read(source: CheckpointSource) -> Mapping[str, Any]:
     try:
         loaded = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file; all mean "unreadable"
+        detail = (str(exc).strip().splitlines() or [""])[0]  # torch's messages run to pages
         raise CheckpointError(
-            f"{name}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
+            f"{name}: not a readable PyTorch checkpoint ({type(exc).__name__}: {detail})"
         ) from None
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"{name}: expected a dict of tensors, found {type(loaded).__name__}")

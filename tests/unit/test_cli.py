@@ -1,0 +1,172 @@
+"""The CLI on the real clips: propagate writes one palette PNG per frame, evaluate scores folders,
+and bad input gives a one-line error naming the file, with exit code 2."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jobs.cli import main
+from stm_core import STM, save_checkpoint
+from stm_core.io import read_mask
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "r18.pt"
+    save_checkpoint(STM("resnet18"), path)
+    return path
+
+
+def _seq(root: Path, name: str) -> tuple[Path, Path]:
+    return root / "JPEGImages" / "480p" / name, root / "Annotations" / "480p" / name
+
+
+def test_propagate_writes_a_palette_png_per_frame(real_data_root, checkpoint, tmp_path, capsys):
+    frames, seeds = _seq(real_data_root, "cutie-bike")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "propagate",
+            "--checkpoint",
+            str(checkpoint),
+            "--frames",
+            str(frames),
+            "--seeds",
+            str(seeds),
+            "--out",
+            str(out),
+            "--mem-every",
+            "2",
+            "--max-memory-frames",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    written = sorted(p.name for p in out.glob("*.png"))
+    assert written == sorted(p.with_suffix(".png").name for p in frames.glob("*.jpg"))
+    first = Image.open(out / "00000.png")
+    assert first.mode == "P" and first.size == (854, 480)
+    np.testing.assert_array_equal(read_mask(out / "00000.png"), read_mask(seeds / "00000.png"))
+    assert "cutie-bike: 4/4 frames" in capsys.readouterr().err
+
+
+def test_evaluate_prints_a_table_and_writes_json(real_data_root, tmp_path, capsys):
+    gt_root = tmp_path / "gt"
+    pred_root = tmp_path / "pred"
+    for name in ("blackswan", "xmem2-caps"):
+        shutil.copytree(_seq(real_data_root, name)[1], gt_root / name)
+        shutil.copytree(_seq(real_data_root, name)[1], pred_root / name)
+    # Damage one predicted frame of blackswan: its J drops below 1.
+    Image.fromarray(np.zeros((480, 854), np.uint8)).save(pred_root / "blackswan" / "00010.png")
+    code = main(
+        [
+            "evaluate",
+            "--pred",
+            str(pred_root),
+            "--gt",
+            str(gt_root),
+            "--json",
+            str(tmp_path / "s.json"),
+        ]
+    )
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "blackswan" in table and "xmem2-caps" in table and "mean" in table
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert set(scores) == {"sequences", "mean"}
+    assert scores["sequences"]["xmem2-caps"] == {"J": 1.0, "F": 1.0, "J&F": 1.0}
+    # 48 evaluated frames, one of them empty: J = 47 / 48.
+    assert scores["sequences"]["blackswan"]["J"] == pytest.approx(47 / 48)
+    assert set(scores["mean"]) == {"J", "F", "J&F"}
+
+
+def _run_error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # earlier lines may be progress
+    assert last.startswith(f"stm-label {argv[0]}: error: ")
+    return last
+
+
+def test_bad_inputs_name_the_file(real_data_root, checkpoint, tmp_path, capsys):
+    frames, seeds = _seq(real_data_root, "cutie-bike")
+    base = ["propagate", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")]
+
+    err = _run_error(base + ["--frames", str(tmp_path / "none"), "--seeds", str(seeds)], capsys)
+    assert str(tmp_path / "none") in err and "does not exist" in err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = _run_error(base + ["--frames", str(empty), "--seeds", str(seeds)], capsys)
+    assert "no frames" in err
+
+    broken = tmp_path / "broken"
+    shutil.copytree(frames, broken)
+    (broken / "00002.jpg").write_bytes(b"not a jpeg")
+    err = _run_error(base + ["--frames", str(broken), "--seeds", str(seeds)], capsys)
+    assert "00002.jpg" in err
+
+    jf, js = _seq(real_data_root, "cutie-judo")
+    err = _run_error(base + ["--frames", str(jf), "--seeds", str(js)], capsys)
+    assert "00005.png" in err and "853x480" in err and "854x480" in err
+
+    bad_ckpt = tmp_path / "bad.pt"
+    bad_ckpt.write_bytes(b"garbage")
+    err = _run_error(
+        [
+            "propagate",
+            "--checkpoint",
+            str(bad_ckpt),
+            "--frames",
+            str(frames),
+            "--seeds",
+            str(seeds),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert "bad.pt" in err and "not a readable PyTorch checkpoint" in err
+
+
+def test_resize_seeds_flag_accepts_the_judo_mask(real_data_root, checkpoint, tmp_path):
+    jf, js = _seq(real_data_root, "cutie-judo")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for p in sorted(jf.glob("*.jpg"))[:7]:  # through the 853-wide seed on frame 5
+        shutil.copy(p, frames / p.name)
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    for stem in ("00000", "00005"):
+        shutil.copy(js / f"{stem}.png", seeds / f"{stem}.png")
+    argv = [
+        "propagate",
+        "--checkpoint",
+        str(checkpoint),
+        "--frames",
+        str(frames),
+        "--seeds",
+        str(seeds),
+        "--out",
+        str(tmp_path / "o"),
+        "--resize-seeds",
+    ]
+    assert main(argv) == 0
+    assert set(np.unique(read_mask(tmp_path / "o" / "00005.png"))) >= {2}
+
+
+def test_evaluate_missing_prediction(real_data_root, tmp_path, capsys):
+    gt_root = tmp_path / "gt"
+    shutil.copytree(_seq(real_data_root, "cutie-bike")[1], gt_root / "cutie-bike")
+    (tmp_path / "pred" / "cutie-bike").mkdir(parents=True)
+    err = _run_error(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(gt_root)], capsys)
+    assert "missing predicted masks" in err
