@@ -76,6 +76,54 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stm_core import load_model
+    from stm_core.demo import run_demo
+    from stm_core.metrics import format_table
+
+    model = load_model(args.checkpoint or _default_checkpoint(), device=args.device)
+    summary = run_demo(model, args.out, clips=args.clips, progress=ProgressLine("demo"))
+    print(format_table(summary))
+    out = Path(args.out)
+    print(f"\nframes and ground truth: {out / 'clips'}\npredicted masks: {out / 'pred'}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from schemas.training import TrainConfig, load_config_file
+
+    settings = load_config_file(args.config)
+    for override in args.set or []:
+        key, _, value = override.partition("=")
+        _assign(settings, key, value)
+    config = TrainConfig.model_validate(settings)
+    if args.local:
+        from pipeline.training.local import train_local
+
+        trainer = train_local(config)
+        print(
+            f"trained {config.name} to step {trainer.step}; checkpoints in "
+            f"{Path(config.storage_path) / config.name}"
+        )
+        return 0
+    from pipeline.training.ray_trainer import fit
+
+    result = fit(config)
+    print(f"trained {config.name}: {result.metrics}; newest checkpoint: {result.checkpoint}")
+    return 0 if result.error is None else 1
+
+
+def _assign(settings: dict, dotted: str, value: str) -> None:
+    """``--set data.seed=3``: YAML-parse the value and put it at the dotted key."""
+    import yaml
+
+    *parents, leaf = dotted.split(".")
+    node = settings
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = yaml.safe_load(value)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -108,6 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gt", required=True, help="root with one folder of PNGs per sequence")
     e.add_argument("--json", help="also write the scores as JSON here")
     e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="label generated clips with the shipped model and score them")
+    d.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    d.add_argument("--clips", type=_positive, default=3, help="number of clips")
+    d.add_argument("--checkpoint", help="model file (default: the shipped model)")
+    d.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: auto")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train STM on Ray Train (resumes a run of the same name)")
+    t.add_argument("--config", required=True, help="YAML/JSON TrainConfig")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    t.add_argument("--local", action="store_true", help="train in this process, without Ray")
+    t.set_defaults(func=cmd_train)
     return parser
 
 

@@ -1,0 +1,62 @@
+"""Object-storage handles from a URI plus :class:`~schemas.common.StorageOptions`.
+
+fsspec (s3fs, gcsfs, local) for reading and writing files; pyarrow filesystems where Ray Train or
+Parquet need one. Credentials are passed through, never logged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from schemas.common import StorageOptions
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ("s3", "bucket/key"); a local path -> ("file", path)."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:  # "C:" on Windows
+        return "file", parsed.path if parsed.scheme == "file" else uri
+    return parsed.scheme, (parsed.netloc + parsed.path).rstrip("/")
+
+
+def fsspec_kwargs(protocol: str, options: StorageOptions) -> dict[str, Any]:
+    if protocol != "s3":
+        return {}
+    kwargs: dict[str, Any] = {"anon": options.anon}
+    if options.key is not None:
+        kwargs["key"] = options.key.get_secret_value()
+    if options.secret is not None:
+        kwargs["secret"] = options.secret.get_secret_value()
+    client: dict[str, Any] = {}
+    if options.endpoint_url:
+        client["endpoint_url"] = options.endpoint_url
+    if options.region:
+        client["region_name"] = options.region
+    if client:
+        kwargs["client_kwargs"] = client
+    return kwargs
+
+
+def pyarrow_filesystem(uri: str, options: StorageOptions) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it (no scheme), as Ray Train's RunConfig wants:
+    it rejects ``s3://`` URIs when a filesystem is given."""
+    protocol, path = split_uri(uri)
+    if protocol == "file":
+        return pafs.LocalFileSystem(), path
+    if protocol != "s3":
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs, path
+    kwargs: dict[str, Any] = {"anonymous": options.anon}
+    if options.key is not None and options.secret is not None:
+        kwargs["access_key"] = options.key.get_secret_value()
+        kwargs["secret_key"] = options.secret.get_secret_value()
+    if options.region:
+        kwargs["region"] = options.region
+    if options.endpoint_url:
+        endpoint = urlparse(options.endpoint_url)
+        kwargs["endpoint_override"] = endpoint.netloc or endpoint.path
+        kwargs["scheme"] = endpoint.scheme or "https"
+    return pafs.S3FileSystem(**kwargs), path

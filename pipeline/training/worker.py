@@ -1,0 +1,131 @@
+"""One training worker's loop, shared by Ray Train and the local (no Ray) runner.
+
+A checkpoint directory holds ``model.pt`` (the STM in the project's checkpoint format, loadable
+by ``stm_core.load_model``), ``trainer.pt`` (optimiser, step, loss history), ``history.json`` and
+``loss_curve.png``. Only rank 0 writes one; every rank reports at the same steps, as Ray Train
+requires.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from schemas.training import TrainConfig
+from stm_core import STM, load_model, save_checkpoint
+from stm_core.training.datasets import ClipDataset
+from stm_core.training.loop import Trainer, batch_for_step
+from stm_core.training.video_clips import FolderVideoSource, max_skip_schedule
+
+from .loss_plot import plot_loss
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+TRAINER_FILE = "trainer.pt"
+
+# report(metrics, checkpoint_dir or None): persists the directory if given.
+Report = Callable[[dict[str, float], Path | None], None]
+
+
+def build_dataset(config: TrainConfig) -> ClipDataset:
+    sources = [FolderVideoSource(root) for root in config.data.folders]
+    return ClipDataset(
+        length=config.steps * config.workers * config.batch_size,
+        seed=config.data.seed,
+        stage=config.stage,
+        crop=config.crop,
+        num_frames=config.num_frames,
+        max_objects=config.max_objects,
+        max_skip=config.data.max_skip_start,
+        video_length=config.data.video_length,
+        sources=sources,
+        source_prob=config.data.folder_prob if sources else 0.0,
+    )
+
+
+def initial_model(config: TrainConfig) -> STM:
+    if config.init_checkpoint is None:
+        return STM(config.trunk)
+    model = load_model(config.init_checkpoint, device="cpu")
+    if model.spec.name != config.trunk:
+        raise ValueError(
+            f"init_checkpoint {config.init_checkpoint} holds a {model.spec.name} STM, "
+            f"but the config says trunk={config.trunk}"
+        )
+    return model
+
+
+def run_worker(
+    config: TrainConfig,
+    *,
+    rank: int,
+    world_size: int,
+    resume_dir: Path | None,
+    report: Report,
+    device: torch.device,
+    wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
+) -> Trainer:
+    """Train from ``resume_dir`` (or from scratch / ``init_checkpoint``) up to ``config.steps``."""
+    if config.threads_per_worker:
+        torch.set_num_threads(config.threads_per_worker)
+    stm = load_model(resume_dir / MODEL_FILE, device="cpu") if resume_dir else initial_model(config)
+    trainer = Trainer(
+        stm,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        total_steps=config.steps,
+        freeze_bn=config.bn_frozen,
+        device=device,
+        wrap=wrap,
+    )
+    if resume_dir is not None:
+        trainer.load_state_dict(torch.load(resume_dir / TRAINER_FILE, weights_only=False))
+        log.info("resumed %s at step %d", config.name, trainer.step)
+    dataset = build_dataset(config)
+    window_start, window_losses = time.monotonic(), []
+    while trainer.step < config.steps:
+        max_skip = max_skip_schedule(
+            trainer.step, config.steps, config.data.max_skip_start, config.data.max_skip_end
+        )
+        dataset.set_max_skip(max_skip)
+        batch = batch_for_step(dataset, trainer.step, config.batch_size, rank, world_size)
+        window_losses.append(trainer.train_step(batch))
+        if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:
+            elapsed = time.monotonic() - window_start
+            metrics = {
+                "step": trainer.step,
+                "loss": sum(window_losses) / len(window_losses),
+                "samples_per_s": len(window_losses) * config.batch_size * world_size / elapsed,
+                "max_skip": max_skip,
+                "lr": trainer.optimizer.param_groups[0]["lr"],
+            }
+            log.info("%s step %d: %s", config.name, trainer.step, metrics)
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = write_checkpoint(trainer, config, Path(tmp)) if rank == 0 else None
+                report(metrics, ckpt)
+            window_start, window_losses = time.monotonic(), []
+    return trainer
+
+
+def write_checkpoint(trainer: Trainer, config: TrainConfig, directory: Path) -> Path:
+    metadata = {
+        "name": config.name,
+        "stage": config.stage,
+        "step": trainer.step,
+        "crop": list(config.crop),
+        "config": config.model_dump(mode="json", exclude={"storage"}),
+    }
+    save_checkpoint(trainer.stm, directory / MODEL_FILE, metadata=metadata)
+    torch.save(trainer.state_dict(), directory / TRAINER_FILE)
+    (directory / "history.json").write_text(json.dumps(trainer.history))
+    plot_loss(trainer.history, directory / "loss_curve.png", f"{config.name} ({config.stage})")
+    return directory

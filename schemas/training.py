@@ -1,0 +1,85 @@
+"""The training configuration (``stm-label train --config FILE``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+
+from .common import StorageOptions, StrictModel
+
+
+class DataConfig(StrictModel):
+    """Where training clips come from. Synthetic clips are always available; folders in DAVIS
+    or YouTube-VOS layout can be mixed in (``folder_prob`` of the clips)."""
+
+    seed: int = 0
+    folders: list[str] = Field(default_factory=list, description="DAVIS / YouTube-VOS roots")
+    folder_prob: float = Field(0.5, ge=0.0, le=1.0)
+    video_length: int = Field(40, ge=3)
+    max_skip_start: int = Field(0, ge=0)
+    max_skip_end: int = Field(25, ge=0)
+
+
+class TrainConfig(StrictModel):
+    """One training stage on Ray Train (or locally without Ray for quick tests).
+
+    ``stage``: ``static`` is the paper's pretraining on clips made from single images, ``video``
+    its main training on 3 frames sampled from videos with a growing skip. ``freeze_bn`` defaults
+    to False for ``static`` (a trunk trained from scratch needs BatchNorm statistics learnt) and
+    True for ``video`` (small per-worker batches give poor batch statistics).
+    """
+
+    name: str = Field("stm-r18", pattern=r"^[A-Za-z0-9_.-]+$")
+    stage: Literal["static", "video"] = "static"
+    trunk: Literal["resnet18", "resnet50"] = "resnet18"
+    init_checkpoint: str | None = Field(None, description="start from these weights")
+    crop: tuple[int, int] = (224, 224)
+    num_frames: int = Field(3, ge=2)
+    max_objects: int = Field(3, ge=1, le=10)
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(4, ge=1, description="clips per worker per step")
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    freeze_bn: bool | None = None
+    checkpoint_every: int = Field(100, ge=1)
+    workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    threads_per_worker: int | None = Field(None, ge=1)
+    storage_path: str = Field("runs/train", description="local folder or s3://bucket/prefix")
+    storage: StorageOptions = Field(default_factory=StorageOptions)
+    data: DataConfig = Field(default_factory=DataConfig)
+
+    @field_validator("crop")
+    @classmethod
+    def _crop_multiple_of_16(cls, crop: tuple[int, int]) -> tuple[int, int]:
+        if any(c < 32 or c % 16 for c in crop):
+            raise ValueError(f"crop sides must be multiples of 16 and >= 32, got {crop}")
+        return crop
+
+    @model_validator(mode="after")
+    def _skip_range(self) -> TrainConfig:
+        if self.data.max_skip_end < self.data.max_skip_start:
+            raise ValueError("data.max_skip_end must be >= data.max_skip_start")
+        return self
+
+    @property
+    def bn_frozen(self) -> bool:
+        return self.stage == "video" if self.freeze_bn is None else self.freeze_bn
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A YAML or JSON file as a dict (JSON is YAML); a clear error names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML/JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of settings at the top level")
+    return data
