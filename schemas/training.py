@@ -45,6 +45,7 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(100, ge=0)
     freeze_bn: bool | None = None
+    bf16: bool = Field(True, description="bfloat16 autocast in the forward pass")
     checkpoint_every: int = Field(100, ge=1)
     workers: int = Field(1, ge=1)
     use_gpu: bool = False

@@ -85,6 +85,7 @@ def run_worker(
         total_steps=config.steps,
         freeze_bn=config.bn_frozen,
         device=device,
+        bf16=config.bf16,
         wrap=wrap,
     )
     if resume_dir is not None:

@@ -47,7 +47,7 @@ class ClipSTM(nn.Module):
         for i in range(1, t):
             query = _select(self.stm.encode_query(frames[:, i]), sample_of_row)
             probs = frames.new_zeros(b * k, h, w)
-            probs[rows] = self.stm.segment(query, mem_keys, mem_values)
+            probs[rows] = self.stm.segment(query, mem_keys, mem_values).to(probs.dtype)
             logits = soft_aggregate(probs.view(b, k, h, w))
             outputs.append(logits)
             if i + 1 < t:
