@@ -6,6 +6,7 @@ Parquet need one. Credentials are passed through, never logged.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -45,7 +46,9 @@ def pyarrow_filesystem(uri: str, options: StorageOptions) -> tuple[pafs.FileSyst
     it rejects ``s3://`` URIs when a filesystem is given."""
     protocol, path = split_uri(uri)
     if protocol == "file":
-        return pafs.LocalFileSystem(), path
+        # Absolute: Ray Train's workers chdir to their own session folder before training, so a
+        # relative path would put their checkpoints somewhere else than the driver looks.
+        return pafs.LocalFileSystem(), str(Path(path).expanduser().resolve())
     if protocol != "s3":
         fs, path = pafs.FileSystem.from_uri(uri)
         return fs, path
@@ -60,3 +63,17 @@ def pyarrow_filesystem(uri: str, options: StorageOptions) -> tuple[pafs.FileSyst
         kwargs["endpoint_override"] = endpoint.netloc or endpoint.path
         kwargs["scheme"] = endpoint.scheme or "https"
     return pafs.S3FileSystem(**kwargs), path
+
+
+def open_fs(uri: str, options: StorageOptions | None = None) -> tuple[Any, str]:
+    """An fsspec filesystem for ``uri`` and the path inside it (no scheme).
+
+    fsspec caches instances per arguments, so every call with the same options shares one s3fs
+    instance and its listing cache: callers that need fresh listings must invalidate it (see
+    ``pipeline.table_io``).
+    """
+    import fsspec
+
+    protocol, path = split_uri(uri)
+    fs = fsspec.filesystem(protocol, **fsspec_kwargs(protocol, options or StorageOptions()))
+    return fs, path

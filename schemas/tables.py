@@ -1,0 +1,379 @@
+"""Every table the corpus job reads or writes, defined once: its pyarrow schema beside a row type.
+
+Each table is a :class:`TableSpec`: the schema (with a description on every column, stored in
+the Parquet footer too), a frozen row dataclass that documents the same columns for Python code,
+the sort order files are written in, and the allowed values of enum-like string columns.
+
+Masks are COCO compressed RLE (pycocotools' ``counts`` string as ASCII bytes, column-major runs
+that start with background) of a ``height x width`` mask; see :mod:`pipeline.rle`. ``bbox`` is
+``[x, y, w, h]`` in pixels (x = column, y = row, as pycocotools' ``toBbox``), all 0 for an empty
+mask.
+
+The JSON documents of the run ledger (:class:`RunPlan`, :class:`SuccessMarker`) are here too;
+the layout that holds them is described in :mod:`pipeline.ledger`.
+
+This module imports only pyarrow and pydantic, so configs and readers can use it without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, model_validator
+
+from .common import StrictModel
+
+SCHEMA_VERSION = "1"
+BBOX_TYPE = pa.list_(pa.float32(), 4)
+TIME_TYPE = pa.timestamp("us", tz="UTC")
+ERROR_STAGES = ("discover", "read", "decode", "seed", "label", "write")
+
+
+class TableError(ValueError):
+    """A table that does not match its contract, or a file that is not a readable table.
+
+    ``source`` names the file (or the table) and ``problem`` says what is wrong, as in
+    ``stm_core.errors.InputError`` (not imported here: importing ``stm_core`` pulls in torch).
+    """
+
+    def __init__(self, source: str | None, problem: str) -> None:
+        self.source = source
+        self.problem = problem
+        super().__init__(problem if source is None else f"{source}: {problem}")
+
+
+def _col(name: str, type_: pa.DataType, doc: str, *, nullable: bool = False) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"description": doc})
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One table's contract. ``row_type`` is a frozen dataclass whose fields are the columns,
+    in schema order; ``enums`` lists the allowed values of some string columns."""
+
+    name: str
+    schema: pa.Schema
+    row_type: type
+    sort_keys: tuple[str, ...] = ()
+    enums: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def table(self, rows: Iterable[object]) -> pa.Table:
+        """Rows (instances of ``row_type``) -> a table with exactly this schema, unsorted."""
+        rows = list(rows)
+        for row in rows:
+            if not isinstance(row, self.row_type):
+                raise TypeError(f"{self.name}: expected {self.row_type.__name__}, got {row!r}")
+        columns = {f.name: [getattr(r, f.name) for r in rows] for f in self.schema}
+        return self.check(pa.Table.from_pydict(columns, schema=self.schema), source=self.name)
+
+    def empty(self) -> pa.Table:
+        """A table with no rows (an errors file for a shard without errors is still written)."""
+        return self.schema.empty_table()
+
+    def sort(self, table: pa.Table) -> pa.Table:
+        """``table`` in this table's sort order (stable; a no-op when there are no keys)."""
+        if not self.sort_keys or table.num_rows < 2:
+            return table
+        return table.sort_by([(key, "ascending") for key in self.sort_keys])
+
+    def check(
+        self,
+        table: pa.Table,
+        source: str | None = None,
+        *,
+        cast: bool = False,
+        extra_columns: Literal["error", "drop"] = "error",
+    ) -> pa.Table:
+        """``table`` conformed to this schema: columns in schema order, schema metadata attached.
+
+        Raises :class:`TableError` naming ``source`` and the column for a missing column, a
+        column of another type (unless ``cast`` and a safe cast exists, e.g. int64 -> int32 with
+        values in range, large_string -> string as Polars writes), nulls in a non-nullable
+        column, a value outside ``enums``, and (with ``extra_columns="error"``) an unknown column.
+        """
+        source = source or self.name
+        expected = {f.name: f for f in self.schema}
+        missing = [f"{n!r} ({f.type})" for n, f in expected.items() if n not in table.schema.names]
+        if missing:
+            raise TableError(source, f"{self.name} table is missing column(s) {', '.join(missing)}")
+        extra = [n for n in table.schema.names if n not in expected]
+        if extra and extra_columns == "error":
+            raise TableError(source, f"{self.name} table has unknown column(s) {extra}")
+        duplicated = {n for n in table.schema.names if table.schema.names.count(n) > 1}
+        if duplicated:
+            raise TableError(source, f"{self.name} table has duplicate column(s) {duplicated}")
+        columns = []
+        for name, want in expected.items():
+            column = table.column(name)
+            if not column.type.equals(want.type):
+                column = self._cast(column, want, source, cast)
+            nulls = column.null_count
+            if nulls and not want.nullable:
+                first = pc.index(pc.is_null(column), True).as_py()
+                raise TableError(
+                    source, f"column {name!r} has {nulls} null value(s) (first at row {first})"
+                )
+            if name in self.enums and len(column):
+                bad = pc.filter(column, pc.invert(pc.is_in(column, pa.array(self.enums[name]))))
+                if len(bad):
+                    raise TableError(
+                        source,
+                        f"column {name!r} has value {bad[0].as_py()!r}; "
+                        f"allowed: {list(self.enums[name])}",
+                    )
+            columns.append(column)
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def _cast(
+        self, column: pa.ChunkedArray, want: pa.Field, source: str, cast: bool
+    ) -> pa.ChunkedArray:
+        problem = f"column {want.name!r} has type {column.type}, expected {want.type}"
+        if not cast:
+            raise TableError(source, problem)
+        try:
+            return pc.cast(column, want.type, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise TableError(source, f"{problem} and cannot be converted: {exc}") from exc
+
+
+def _schema(name: str, fields: Sequence[pa.Field]) -> pa.Schema:
+    return pa.schema(
+        fields, metadata={"stm_label.table": name, "stm_label.version": SCHEMA_VERSION}
+    )
+
+
+def _row_fields_match(spec: TableSpec) -> TableSpec:
+    names = [f.name for f in dataclasses.fields(spec.row_type)]
+    if names != spec.schema.names:  # a programming error: fail at import
+        raise AssertionError(f"{spec.name}: row fields {names} != schema {spec.schema.names}")
+    return spec
+
+
+# --- masks ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MaskRow:
+    """One (run, video, frame, object). An object absent from a frame still has a row: an
+    empty mask, ``area`` 0, ``bbox`` all 0.
+
+    ``score`` is the mean foreground probability of the object over the pixels of its mask, in
+    [0, 1] (how sure the model was of what it labelled); 0 when the mask is empty; exactly 1 for
+    seed rows (``is_seed``), which copy the user's mask.
+    """
+
+    run_id: str
+    video_id: str
+    frame_index: int  # 0-based position in the video's frame order
+    frame_name: str  # file stem for frame folders ("00005"), zero-padded index for video files
+    object_id: int  # label value in the seed masks (1..255); 0 (background) never has a row
+    height: int  # pixels
+    width: int
+    rle: bytes  # COCO compressed RLE counts
+    area: int  # foreground pixels
+    bbox: tuple[float, float, float, float]  # x, y, w, h in pixels
+    score: float
+    is_seed: bool
+    checkpoint_id: str
+
+
+MASKS = _row_fields_match(
+    TableSpec(
+        name="masks",
+        schema=_schema(
+            "masks",
+            [
+                _col("run_id", pa.string(), "labeling run that wrote the row"),
+                _col("video_id", pa.string(), "video id (folder or file stem) in the corpus"),
+                _col("frame_index", pa.int32(), "0-based frame position in the video"),
+                _col("frame_name", pa.string(), "frame file stem, or zero-padded index"),
+                _col("object_id", pa.int32(), "object label as in the seed masks, >= 1"),
+                _col("height", pa.int32(), "mask height in pixels"),
+                _col("width", pa.int32(), "mask width in pixels"),
+                _col("rle", pa.binary(), "COCO compressed RLE counts (pycocotools), ASCII"),
+                _col("area", pa.int64(), "foreground pixel count; 0 if the object is absent"),
+                _col("bbox", BBOX_TYPE, "[x, y, w, h] in pixels; zeros for an empty mask"),
+                _col("score", pa.float32(), "mean fg probability inside the mask; 1 for seeds"),
+                _col("is_seed", pa.bool_(), "true when the mask is the user's seed"),
+                _col("checkpoint_id", pa.string(), "id of the model checkpoint used"),
+            ],
+        ),
+        row_type=MaskRow,
+        sort_keys=("video_id", "frame_index", "object_id"),
+    )
+)
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRow:
+    """Something that went wrong without stopping the run. ``video_id`` is None when no single
+    video is to blame (e.g. listing the corpus failed). ``stage`` is one of ``ERROR_STAGES``;
+    ``error_type`` is the exception class name."""
+
+    run_id: str
+    video_id: str | None
+    stage: str
+    error_type: str
+    message: str
+    time: dt.datetime  # timezone-aware, UTC
+
+
+ERRORS = _row_fields_match(
+    TableSpec(
+        name="errors",
+        schema=_schema(
+            "errors",
+            [
+                _col("run_id", pa.string(), "labeling run"),
+                _col("video_id", pa.string(), "video concerned, null if none", nullable=True),
+                _col("stage", pa.string(), "one of " + "/".join(ERROR_STAGES)),
+                _col("error_type", pa.string(), "exception class name"),
+                _col("message", pa.string(), "error message"),
+                _col("time", TIME_TYPE, "when the error happened (UTC)"),
+            ],
+        ),
+        row_type=ErrorRow,
+        sort_keys=("video_id", "stage", "time"),
+        enums={"stage": ERROR_STAGES},
+    )
+)
+
+# --- seeds ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SeedRow:
+    """A user-supplied seed mask (Parquet seed table): the object's mask on one frame."""
+
+    video_id: str
+    frame_index: int
+    object_id: int
+    height: int
+    width: int
+    rle: bytes  # COCO compressed RLE counts, as in masks
+
+
+SEEDS = _row_fields_match(
+    TableSpec(
+        name="seeds",
+        schema=_schema(
+            "seeds",
+            [
+                _col("video_id", pa.string(), "video id in the corpus"),
+                _col("frame_index", pa.int32(), "0-based frame position of the seed"),
+                _col("object_id", pa.int32(), "object label, >= 1"),
+                _col("height", pa.int32(), "mask height in pixels"),
+                _col("width", pa.int32(), "mask width in pixels"),
+                _col("rle", pa.binary(), "COCO compressed RLE counts (pycocotools), ASCII"),
+            ],
+        ),
+        row_type=SeedRow,
+        sort_keys=("video_id", "frame_index", "object_id"),
+    )
+)
+
+# --- corrections ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectionRow:
+    """A human correction of one (video, frame, object) mask, used as training data."""
+
+    video_id: str
+    frame_index: int
+    object_id: int
+    height: int
+    width: int
+    rle: bytes
+    author: str
+    time: dt.datetime  # timezone-aware, UTC
+
+
+CORRECTIONS = _row_fields_match(
+    TableSpec(
+        name="corrections",
+        schema=_schema(
+            "corrections",
+            [
+                _col("video_id", pa.string(), "video id in the corpus"),
+                _col("frame_index", pa.int32(), "0-based frame position"),
+                _col("object_id", pa.int32(), "object label, >= 1"),
+                _col("height", pa.int32(), "mask height in pixels"),
+                _col("width", pa.int32(), "mask width in pixels"),
+                _col("rle", pa.binary(), "COCO compressed RLE counts (pycocotools), ASCII"),
+                _col("author", pa.string(), "who made the correction"),
+                _col("time", TIME_TYPE, "when it was made (UTC)"),
+            ],
+        ),
+        row_type=CorrectionRow,
+        sort_keys=("video_id", "frame_index", "object_id", "time"),
+    )
+)
+
+MASKS_SCHEMA = MASKS.schema
+ERRORS_SCHEMA = ERRORS.schema
+SEEDS_SCHEMA = SEEDS.schema
+CORRECTIONS_SCHEMA = CORRECTIONS.schema
+TABLES: dict[str, TableSpec] = {s.name: s for s in (MASKS, ERRORS, SEEDS, CORRECTIONS)}
+
+# The hive partition key of the masks and errors folders (``run_id=<id>``). It is also a column
+# inside every file, so readers that infer partition types (a run id "20261126" looks like an
+# integer) still get strings; pass this to ``pyarrow.dataset.partitioning`` to be explicit.
+RUN_PARTITION_SCHEMA = pa.schema([pa.field("run_id", pa.string())])
+
+
+# --- run ledger documents -------------------------------------------------------------------
+
+
+class ShardPlan(StrictModel):
+    """One shard: its name (``shard-00007``) and the videos it labels, sorted."""
+
+    name: str = Field(pattern=r"^shard-\d{5,}$")
+    video_ids: list[str] = Field(min_length=1)
+
+
+class RunPlan(StrictModel):
+    """The shard assignment of one run (``runs/<id>/plan.json``). Saved on the first attempt and
+    reused by every resume, so the same video always lands in the same shard file."""
+
+    run_id: str
+    videos_per_shard: int = Field(ge=1)
+    shards: list[ShardPlan]
+    created_at: dt.datetime
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunPlan:
+        for index, shard in enumerate(self.shards):
+            if shard.name != f"shard-{index:05d}":
+                raise ValueError(f"shard {index} is named {shard.name!r}, not shard-{index:05d}")
+        seen: set[str] = set()
+        for shard in self.shards:
+            twice = seen.intersection(shard.video_ids)
+            if twice or len(set(shard.video_ids)) != len(shard.video_ids):
+                raise ValueError(f"video(s) planned twice: {sorted(twice) or shard.video_ids}")
+            seen.update(shard.video_ids)
+        return self
+
+    @property
+    def shard_names(self) -> list[str]:
+        return [s.name for s in self.shards]
+
+    @property
+    def video_ids(self) -> list[str]:
+        return [v for s in self.shards for v in s.video_ids]
+
+
+class SuccessMarker(StrictModel):
+    """Content of ``runs/<id>/_SUCCESS``: written last, after every shard and the run record."""
+
+    run_id: str
+    shards: int = Field(ge=0)
+    committed_at: dt.datetime
