@@ -90,12 +90,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from schemas.training import TrainConfig, load_config_file
+    from schemas.common import apply_override, load_settings
+    from schemas.training import TrainConfig
 
-    settings = load_config_file(args.config)
+    settings = load_settings(args.config)
     for override in args.set or []:
-        key, _, value = override.partition("=")
-        _assign(settings, key, value)
+        apply_override(settings, override)
     config = TrainConfig.model_validate(settings)
     if args.local:
         from pipeline.training.local import train_local
@@ -111,17 +111,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = fit(config)
     print(f"trained {config.name}: {result.metrics}; newest checkpoint: {result.checkpoint}")
     return 0 if result.error is None else 1
-
-
-def _assign(settings: dict, dotted: str, value: str) -> None:
-    """``--set data.seed=3``: YAML-parse the value and put it at the dotted key."""
-    import yaml
-
-    *parents, leaf = dotted.split(".")
-    node = settings
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = yaml.safe_load(value)
 
 
 def _positive(text: str) -> int:

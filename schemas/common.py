@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
@@ -20,3 +24,32 @@ class StorageOptions(StrictModel):
     secret: SecretStr | None = None
     region: str | None = None
     anon: bool = False
+
+
+def load_settings(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON file (JSON is YAML) as a dict; a clear error names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML/JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of settings at the top level")
+    return data
+
+
+def apply_override(settings: dict[str, Any], assignment: str) -> None:
+    """``key.sub=value`` from a command line: the value is parsed as YAML (numbers, lists,
+    null) and put at the dotted key."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override {assignment!r} is not of the form key=value")
+    *parents, leaf = key.split(".")
+    node = settings
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {assignment!r}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(value)

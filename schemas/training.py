@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
 from .common import StorageOptions, StrictModel
@@ -70,17 +68,3 @@ class TrainConfig(StrictModel):
     @property
     def bn_frozen(self) -> bool:
         return self.stage == "video" if self.freeze_bn is None else self.freeze_bn
-
-
-def load_config_file(path: str | Path) -> dict:
-    """A YAML or JSON file as a dict (JSON is YAML); a clear error names the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML/JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of settings at the top level")
-    return data

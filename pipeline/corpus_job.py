@@ -1,0 +1,233 @@
+"""The corpus labeling job: discover -> plan -> label on Ray actors -> commit.
+
+Exactly once: the plan (shard -> videos) is saved on the first attempt and reused; a shard is
+finished when both of its files exist, and they are written whole under deterministic names; the
+run record and the ``_SUCCESS`` marker come last. Rerunning a run id skips finished shards and
+redoes the rest, so the final tables equal those of an undisturbed run. A dead actor is restarted
+by Ray (``max_restarts``) and its shard retried (``max_task_retries``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import ray
+from ray.util import ActorPool
+
+from schemas.label_job import LabelJobConfig
+from schemas.tables import ERRORS_SCHEMA
+from stm_core import load_model
+from stm_core.errors import CheckpointError, STMLabelError
+
+from . import ledger, table_io
+from .discovery import discover
+from .label_actor import LabelWorker, ProgressTracker
+from .label_shard import LabelSettings, ShardSummary, error_row
+
+log = logging.getLogger(__name__)
+
+ACTOR_RESTARTS = 3  # per actor: a killed process or a lost node
+SHARD_RETRIES = 3  # per shard call, on a restarted actor
+DISCOVERY_ERRORS_FILE = "discovery.parquet"
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class JobConfigError(STMLabelError):
+    """The run cannot start: bad checkpoint, unreachable output, ... (fails before any work)."""
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    status: str
+    output_uri: str
+    checkpoint_id: str
+    videos: int = 0
+    frames: int = 0
+    masks: int = 0
+    errors: int = 0
+    shards: int = 0
+    shards_skipped: int = 0
+    wall_seconds: float = 0.0
+    frames_per_second: float = 0.0
+    workers: list[dict[str, object]] = field(default_factory=list)
+
+
+def read_checkpoint(config: LabelJobConfig) -> tuple[bytes, str]:
+    """The checkpoint's bytes and id (``sha256:<16 hex>``), validated by loading it once here so
+    a wrong file fails the run before any worker starts."""
+    uri = config.checkpoint_uri
+    if uri is None:
+        from stm_core.assets import default_checkpoint_path
+
+        path = default_checkpoint_path()
+        if path is None:
+            raise JobConfigError("no checkpoint_uri given and this installation ships no model")
+        uri = str(path)
+    try:
+        data = table_io.read_bytes(uri, config.storage)
+    except (OSError, ValueError) as exc:
+        raise JobConfigError(f"{uri}: cannot read the checkpoint ({exc})") from None
+    import io
+
+    try:
+        load_model(io.BytesIO(data), device="cpu")
+    except CheckpointError as exc:
+        raise JobConfigError(f"{uri}: {exc}") from None
+    return data, "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+
+
+def worker_resources(config: LabelJobConfig) -> tuple[int, dict[str, float]]:
+    """How many actors and what each reserves: one per GPU when the cluster has GPUs (a
+    ``num_gpus`` request on a GPU-less cluster would wait forever), else CPU actors."""
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0))
+    threads = config.cpu_threads_per_worker
+    if gpus >= config.gpus_per_worker:
+        default = int(gpus // config.gpus_per_worker)
+        options = {"num_gpus": config.gpus_per_worker, "num_cpus": min(threads, 1)}
+    else:
+        default = max(1, int(resources.get("CPU", 1) // threads))
+        options = {"num_gpus": 0, "num_cpus": threads}
+    return config.workers or default, options
+
+
+def run_label_job(config: LabelJobConfig, progress: Progress | None = None) -> RunSummary:
+    """Run (or resume, or no-op on a committed) labeling run; Ray must be initialised."""
+    start = time.monotonic()
+    checkpoint, checkpoint_id = read_checkpoint(config)
+    summary = RunSummary(config.run_id, "running", config.output_uri, checkpoint_id)
+    if ledger.is_committed(config.output_uri, config.run_id, config.storage):
+        log.info("run %s is already committed; nothing to do", config.run_id)
+        record = table_io.read_json(
+            ledger.RunLayout(config.output_uri, config.run_id).record_uri, config.storage
+        )
+        return RunSummary(**{k: record[k] for k in asdict(summary) if k in record})
+
+    found = discover(config.corpus_uri, config.storage, config.seeds_uri, config.seeds_format)
+    tasks = {t.video_id: t for t in found.tasks}
+    plan = ledger.load_or_create_plan(
+        config.output_uri, config.run_id, sorted(tasks), config.videos_per_shard, config.storage
+    )
+    settings = LabelSettings(
+        run_id=config.run_id,
+        checkpoint_id=checkpoint_id,
+        started_at=plan.created_at,
+        mem_every=config.mem_every,
+        max_memory_frames=config.max_memory_frames,
+        max_frame_side=config.max_frame_side,
+    )
+    _write_discovery_errors(config, settings, found.errors)
+    done = ledger.finished_shards(config.output_uri, config.run_id, config.storage)
+    todo = [s for s in plan.shards if s.name not in done]
+    summary.shards, summary.shards_skipped = len(plan.shards), len(plan.shards) - len(todo)
+    missing = [v for s in todo for v in s.video_ids if v not in tasks]
+    if missing:
+        raise JobConfigError(
+            f"run {config.run_id}: planned videos are no longer in the corpus: {missing[:5]}"
+        )
+
+    if todo:
+        summary.workers = _label_on_actors(config, checkpoint, settings, todo, tasks, progress)
+    summary.wall_seconds = time.monotonic() - start
+    _finish(config, summary, len(found.errors))
+    return summary
+
+
+def _label_on_actors(
+    config: LabelJobConfig,
+    checkpoint: bytes,
+    settings: LabelSettings,
+    todo: list,
+    tasks: dict,
+    progress: Progress | None,
+) -> list[dict[str, object]]:
+    count, options = worker_resources(config)
+    count = min(count, len(todo))
+    tracker = ray.remote(ProgressTracker).options(num_cpus=0).remote()
+    actor_class = ray.remote(LabelWorker).options(
+        max_restarts=ACTOR_RESTARTS, max_task_retries=SHARD_RETRIES, **options
+    )
+    checkpoint_ref = ray.put(checkpoint)
+    actors = [
+        actor_class.remote(
+            checkpoint_ref,
+            settings,
+            config.output_uri,
+            config.storage,
+            config.cpu_threads_per_worker,
+            tracker,
+        )
+        for _ in range(count)
+    ]
+    placements = ray.get([a.placement.remote() for a in actors])
+    log.info("%d labeling workers: %s", count, placements)
+    pool = ActorPool(actors)
+    for shard in todo:
+        pool.submit(lambda a, s: a.label.remote(s.name, [tasks[v] for v in s.video_ids]), shard)
+    started = time.monotonic()
+    while pool.has_next():
+        with contextlib.suppress(TimeoutError):  # a timeout only means: time to report progress
+            done: ShardSummary = pool.get_next_unordered(timeout=5.0)
+            log.info(
+                "%s: %d videos, %d frames, %d errors",
+                done.shard,
+                done.videos,
+                done.frames,
+                done.errors,
+            )
+        if progress is not None:
+            snap = ray.get(tracker.snapshot.remote())
+            snap["shards_total"] = len(todo)
+            snap["frames_per_second"] = snap["frames"] / max(time.monotonic() - started, 1e-9)
+            progress(snap)
+    for actor in actors:
+        ray.kill(actor)
+    ray.kill(tracker)
+    return placements
+
+
+def _write_discovery_errors(config: LabelJobConfig, settings: LabelSettings, errors) -> None:
+    rows = [error_row(settings, e.video_id, e.stage, e.error_type, e.message) for e in errors]
+    uri = f"{ledger.RunLayout(config.output_uri, config.run_id).errors_dir}/{DISCOVERY_ERRORS_FILE}"
+    table = pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA)
+    table_io.write_table(table, uri, config.storage)
+
+
+def _read_folder(folder: str, config: LabelJobConfig, columns: list[str]) -> pa.Table:
+    files = table_io.list_files(folder, config.storage, suffix=".parquet")
+    tables = [table_io.read_table(f, config.storage, columns=columns) for f in files]
+    return (
+        pa.concat_tables(tables)
+        if tables
+        else pa.table({c: pa.array([], pa.string()) for c in columns})
+    )
+
+
+def _finish(config: LabelJobConfig, summary: RunSummary, discovery_errors: int) -> None:
+    """Count what the tables hold, write the run record, then the success marker."""
+    layout = ledger.RunLayout(config.output_uri, config.run_id)
+    masks = _read_folder(layout.masks_dir, config, ["video_id", "frame_index"])
+    errors = _read_folder(layout.errors_dir, config, ["video_id"])
+    summary.masks = masks.num_rows
+    summary.errors = errors.num_rows
+    summary.frames = masks.group_by(["video_id", "frame_index"]).aggregate([]).num_rows
+    summary.videos = len(set(masks.column("video_id").to_pylist()))
+    summary.frames_per_second = summary.frames / max(summary.wall_seconds, 1e-9)
+    summary.status = "succeeded"
+    record = asdict(summary) | {
+        "config": config.public_dump(),
+        "discovery_errors": discovery_errors,
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    ledger.write_run_record(config.output_uri, config.run_id, record, config.storage)
+    ledger.mark_success(config.output_uri, config.run_id, config.storage)

@@ -1,0 +1,49 @@
+"""The corpus labeling job's configuration (``jobs/label_corpus.py``, ``stm-label label``)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from .common import StorageOptions, StrictModel
+
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+class LabelJobConfig(StrictModel):
+    """Everything one labeling run needs. Secrets live only in ``storage`` and are never written
+    to the run record (see :meth:`public_dump`)."""
+
+    corpus_uri: str = Field(description="videos: local path, file://, s3://, gs://")
+    seeds_uri: str | None = Field(
+        None, description="seed source; default: the corpus layout's annotation PNGs"
+    )
+    seeds_format: Literal["auto", "layout", "coco", "parquet"] = "auto"
+    output_uri: str = Field(description="where masks/, errors/ and runs/ are written")
+    run_id: str = Field(description="same id = resume / no-op; new id = a new run")
+    checkpoint_uri: str | None = Field(None, description="default: the shipped model")
+    workers: int | None = Field(None, ge=1, description="default: one per GPU, else 1")
+    gpus_per_worker: float = Field(1.0, gt=0, le=8)
+    cpu_threads_per_worker: int = Field(1, ge=1, le=256)
+    max_frame_side: int | None = Field(None, ge=32, description="downscale larger frames")
+    mem_every: int = Field(5, ge=1)
+    max_memory_frames: int | None = Field(20, ge=1, description="None = unbounded (release)")
+    videos_per_shard: int = Field(4, ge=1)
+    storage: StorageOptions = Field(default_factory=StorageOptions)
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_is_a_path_segment(cls, value: str) -> str:
+        if not re.match(RUN_ID_PATTERN, value):
+            raise ValueError(
+                f"run_id must match {RUN_ID_PATTERN} (letters, digits, '_', '.', '-'), "
+                f"got {value!r}"
+            )
+        return value
+
+    def public_dump(self) -> dict:
+        """The config as JSON-able data without credentials, for run records and logs."""
+        data = self.model_dump(mode="json", exclude={"storage": {"key", "secret"}})
+        return data
