@@ -89,6 +89,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label(args: argparse.Namespace) -> int:
+    from jobs.label_corpus import main as label_main
+
+    return label_main(args.rest)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from schemas.common import apply_override, load_settings
     from schemas.training import TrainConfig
@@ -153,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: auto")
     d.set_defaults(func=cmd_demo)
 
+    lab = sub.add_parser(
+        "label",
+        help="label a video corpus on Ray (starts a local Ray unless RAY_ADDRESS/--address)",
+        add_help=False,
+    )
+    lab.set_defaults(func=cmd_label)
+
     t = sub.add_parser("train", help="train STM on Ray Train (resumes a run of the same name)")
     t.add_argument("--config", required=True, help="YAML/JSON TrainConfig")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
@@ -162,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
+    if args.command != "label" and rest:
+        build_parser().parse_args(argv)  # let argparse report the unknown arguments
+    args.rest = rest
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

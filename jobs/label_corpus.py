@@ -69,6 +69,7 @@ def demo_settings() -> dict:
         "corpus_uri": str(corpus.resolve()),
         "output_uri": str((DEMO_OUT / "output").resolve()),
         "run_id": "demo",
+        "videos_per_shard": 1,  # one shard per clip, so every local worker has work
     }
 
 
