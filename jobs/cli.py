@@ -119,6 +119,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.error is None else 1
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.export import export_run
+    from pipeline.run_reader import open_run
+
+    run = open_run(args.run, allow_incomplete=args.allow_incomplete)
+    print(export_run(run, args.format, args.out, video_ids=args.video))
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from pipeline.preview import render_preview
+    from pipeline.run_reader import open_run
+
+    run = open_run(args.run, allow_incomplete=args.allow_incomplete)
+    print(render_preview(run, args.video, args.out, fps=args.fps))
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -171,6 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
     t.add_argument("--local", action="store_true", help="train in this process, without Ray")
     t.set_defaults(func=cmd_train)
+
+    run_help = "the run: <output_uri>/runs/<run_id>"
+    incomplete_help = "read the finished shards of a run that is not committed"
+    x = sub.add_parser("export", help="write a run's masks as DAVIS PNGs or COCO JSON")
+    x.add_argument("--run", required=True, help=run_help)
+    x.add_argument("--format", required=True, help="davis (palette PNGs) or coco (instances.json)")
+    x.add_argument("--out", required=True, help="output folder")
+    x.add_argument("--video", nargs="+", action="extend", help="only these video ids")
+    x.add_argument("--allow-incomplete", action="store_true", help=incomplete_help)
+    x.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("preview", help="one video of a run with its masks overlaid, as GIF/MP4")
+    v.add_argument("--run", required=True, help=run_help)
+    v.add_argument("--video", required=True, help="video id")
+    v.add_argument("--out", required=True, help="FILE.gif or FILE.mp4 (+ FILE_sheet.png)")
+    v.add_argument("--fps", type=float, default=10.0, help="frames per second (default: 10)")
+    v.add_argument("--allow-incomplete", action="store_true", help=incomplete_help)
+    v.set_defaults(func=cmd_preview)
     return parser
 
 

@@ -20,7 +20,7 @@ class LabelJobConfig(StrictModel):
     seeds_uri: str | None = Field(
         None, description="seed source; default: the corpus layout's annotation PNGs"
     )
-    seeds_format: Literal["auto", "layout", "coco", "parquet"] = "auto"
+    seeds_format: Literal["auto", "masks", "coco", "parquet"] = "auto"
     output_uri: str = Field(description="where masks/, errors/ and runs/ are written")
     run_id: str = Field(description="same id = resume / no-op; new id = a new run")
     checkpoint_uri: str | None = Field(None, description="default: the shipped model")
