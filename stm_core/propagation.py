@@ -97,6 +97,9 @@ class VideoSession:
             probs = self._segment(image) if need_segment else self._background(image)
             if is_seed_frame:
                 probs = self._apply_seed(t, probs, seed, seed_ids)
+            # The padding border holds no object: memory is encoded from zero-padded masks, as
+            # the release does (it crops its probabilities and pads them again with zeros).
+            probs = F.pad(unpad(probs, self._pad), self._pad)
             if self.object_ids:
                 self._pending = _Pending(
                     t, image, probs, self.object_ids, is_permanent, pinned=is_seed_frame
@@ -187,7 +190,10 @@ class VideoSession:
         return np.ascontiguousarray(seed)
 
     def _to_tensor(self, frame: np.ndarray) -> torch.Tensor:
-        image = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device)
+        frame = np.ascontiguousarray(frame)
+        if not frame.flags.writeable:  # torch.from_numpy warns on read-only arrays
+            frame = frame.copy()
+        image = torch.from_numpy(frame).to(self.device)
         image = image.permute(2, 0, 1).unsqueeze(0).float() / 255.0
         padded, self._pad = pad_to_multiple(image, PAD_MULTIPLE)
         return padded
