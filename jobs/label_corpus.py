@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pydantic import ValidationError
 
-    from pipeline.corpus_job import JobConfigError, run_label_job
+    from pipeline.corpus_job import JobConfigError, read_checkpoint, run_label_job
     from pipeline.progress import print_progress
     from schemas.common import apply_override, load_settings
     from schemas.label_job import LabelJobConfig
@@ -49,9 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import ray
 
-    ray.init(address=args.address, log_to_driver=True)
     try:
-        summary = run_label_job(config, progress=print_progress)
+        checkpoint = read_checkpoint(config)  # fail fast, before Ray starts
+        ray.init(address=args.address, ignore_reinit_error=True)
+        summary = run_label_job(config, progress=print_progress, checkpoint=checkpoint)
     except JobConfigError as exc:
         print(f"label_corpus: {exc}", file=sys.stderr)
         return 2

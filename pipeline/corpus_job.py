@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,12 +24,12 @@ import ray
 from ray.util import ActorPool
 
 from schemas.label_job import LabelJobConfig
-from schemas.tables import ERRORS_SCHEMA
+from schemas.tables import ERRORS, ERRORS_SCHEMA
 from stm_core import load_model
 from stm_core.errors import CheckpointError, STMLabelError
 
 from . import ledger, table_io
-from .discovery import discover
+from .discovery import STAGE_LIST, STAGE_SEEDS, discover
 from .label_actor import LabelWorker, ProgressTracker
 from .label_shard import LabelSettings, ShardSummary, error_row
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 ACTOR_RESTARTS = 3  # per actor: a killed process or a lost node
 SHARD_RETRIES = 3  # per shard call, on a restarted actor
 DISCOVERY_ERRORS_FILE = "discovery.parquet"
+DISCOVERY_STAGES = {STAGE_LIST: "discover", STAGE_SEEDS: "seed"}  # -> schemas.tables.ERROR_STAGES
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -79,10 +81,12 @@ def read_checkpoint(config: LabelJobConfig) -> tuple[bytes, str]:
         raise JobConfigError(f"{uri}: cannot read the checkpoint ({exc})") from None
     import io
 
+    buffer = io.BytesIO(data)
+    buffer.name = uri  # load_model's errors then name the checkpoint, not "<file object>"
     try:
-        load_model(io.BytesIO(data), device="cpu")
+        load_model(buffer, device="cpu")
     except CheckpointError as exc:
-        raise JobConfigError(f"{uri}: {exc}") from None
+        raise JobConfigError(str(exc)) from None
     return data, "sha256:" + hashlib.sha256(data).hexdigest()[:16]
 
 
@@ -94,17 +98,35 @@ def worker_resources(config: LabelJobConfig) -> tuple[int, dict[str, float]]:
     threads = config.cpu_threads_per_worker
     if gpus >= config.gpus_per_worker:
         default = int(gpus // config.gpus_per_worker)
-        options = {"num_gpus": config.gpus_per_worker, "num_cpus": min(threads, 1)}
-    else:
-        default = max(1, int(resources.get("CPU", 1) // threads))
-        options = {"num_gpus": 0, "num_cpus": threads}
-    return config.workers or default, options
+        count = config.workers or default
+        # At most a fair share of the CPUs each (0.5 for 4 GPUs and 2 CPUs): a whole CPU per
+        # GPU worker would leave the workers beyond the CPU count waiting forever.
+        share = math.floor(float(resources.get("CPU", 0)) / count * 1e4) / 1e4
+        return count, {"num_gpus": config.gpus_per_worker, "num_cpus": min(1.0, share)}
+    capacity = max(1, int(resources.get("CPU", 1) // threads))
+    count = config.workers or capacity
+    if count > capacity:  # more would wait forever for CPUs the cluster does not have
+        log.warning(
+            "workers=%d x %d threads exceeds the cluster's CPUs; using %d workers",
+            count,
+            threads,
+            capacity,
+        )
+        count = capacity
+    return count, {"num_gpus": 0, "num_cpus": threads}
 
 
-def run_label_job(config: LabelJobConfig, progress: Progress | None = None) -> RunSummary:
-    """Run (or resume, or no-op on a committed) labeling run; Ray must be initialised."""
+def run_label_job(
+    config: LabelJobConfig,
+    progress: Progress | None = None,
+    checkpoint: tuple[bytes, str] | None = None,
+) -> RunSummary:
+    """Run (or resume, or no-op on a committed) labeling run; Ray must be initialised.
+
+    ``checkpoint``: the result of :func:`read_checkpoint` when the caller validated it already.
+    """
     start = time.monotonic()
-    checkpoint, checkpoint_id = read_checkpoint(config)
+    checkpoint_bytes, checkpoint_id = checkpoint or read_checkpoint(config)
     summary = RunSummary(config.run_id, "running", config.output_uri, checkpoint_id)
     if ledger.is_committed(config.output_uri, config.run_id, config.storage):
         log.info("run %s is already committed; nothing to do", config.run_id)
@@ -137,7 +159,9 @@ def run_label_job(config: LabelJobConfig, progress: Progress | None = None) -> R
         )
 
     if todo:
-        summary.workers = _label_on_actors(config, checkpoint, settings, todo, tasks, progress)
+        summary.workers = _label_on_actors(
+            config, checkpoint_bytes, settings, todo, tasks, progress
+        )
     summary.wall_seconds = time.monotonic() - start
     _finish(config, summary, len(found.errors))
     return summary
@@ -169,37 +193,50 @@ def _label_on_actors(
         )
         for _ in range(count)
     ]
-    placements = ray.get([a.placement.remote() for a in actors])
-    log.info("%d labeling workers: %s", count, placements)
-    pool = ActorPool(actors)
-    for shard in todo:
-        pool.submit(lambda a, s: a.label.remote(s.name, [tasks[v] for v in s.video_ids]), shard)
-    started = time.monotonic()
-    while pool.has_next():
-        with contextlib.suppress(TimeoutError):  # a timeout only means: time to report progress
-            done: ShardSummary = pool.get_next_unordered(timeout=5.0)
-            log.info(
-                "%s: %d videos, %d frames, %d errors",
-                done.shard,
-                done.videos,
-                done.frames,
-                done.errors,
-            )
-        if progress is not None:
-            snap = ray.get(tracker.snapshot.remote())
-            snap["shards_total"] = len(todo)
-            snap["frames_per_second"] = snap["frames"] / max(time.monotonic() - started, 1e-9)
-            progress(snap)
-    for actor in actors:
-        ray.kill(actor)
-    ray.kill(tracker)
+    try:  # the actors hold CPUs/GPUs: free them even when a shard fails for good
+        placements = ray.get([a.placement.remote() for a in actors])
+        log.info("%d labeling workers: %s", count, placements)
+        pool = ActorPool(actors)
+        for shard in todo:
+            pool.submit(lambda a, s: a.label.remote(s.name, [tasks[v] for v in s.video_ids]), shard)
+        started = time.monotonic()
+        while pool.has_next():
+            with contextlib.suppress(TimeoutError):  # a timeout only means: report progress
+                done: ShardSummary = pool.get_next_unordered(timeout=5.0)
+                log.info(
+                    "%s: %d videos, %d frames, %d errors",
+                    done.shard,
+                    done.videos,
+                    done.frames,
+                    done.errors,
+                )
+            if progress is not None:
+                snap = ray.get(tracker.snapshot.remote())
+                snap["shards_total"] = len(todo)
+                snap["frames_per_second"] = snap["frames"] / max(time.monotonic() - started, 1e-9)
+                progress(snap)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        ray.kill(tracker)
     return placements
 
 
 def _write_discovery_errors(config: LabelJobConfig, settings: LabelSettings, errors) -> None:
-    rows = [error_row(settings, e.video_id, e.stage, e.error_type, e.message) for e in errors]
+    """The discovery problems as an errors file, checked against the table's contract like the
+    shards' files (discovery's "seeds" stage is the table's "seed")."""
+    rows = [
+        error_row(
+            settings,
+            e.video_id,
+            DISCOVERY_STAGES.get(e.stage, e.stage),
+            e.error_type,
+            e.message,
+        )
+        for e in errors
+    ]
     uri = f"{ledger.RunLayout(config.output_uri, config.run_id).errors_dir}/{DISCOVERY_ERRORS_FILE}"
-    table = pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA)
+    table = ERRORS.sort(ERRORS.check(pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA), uri))
     table_io.write_table(table, uri, config.storage)
 
 

@@ -219,11 +219,16 @@ def _list(fs: Any, root: str) -> tuple[_Tree, Mapping[str, Any] | None]:
             dirs.add(rel)
         else:
             files[rel] = info
-    for rel in files:  # object stores may list keys without their "folders"
+    # Object stores may list keys without their "folders", or only some of them (s3fs's
+    # withdirs listing can hold "a/b/c" but not "a/b" or "a"), so every ancestor of every entry
+    # is added; ``walked`` marks folders whose ancestors are already in, to stay linear.
+    walked: set[str] = set()
+    for rel in [*files, *dirs]:
         parent = _parent(rel)
-        while parent and parent not in dirs:
-            dirs.add(parent)
+        while parent and parent not in walked:
+            walked.add(parent)
             parent = _parent(parent)
+    dirs |= walked
     return _Tree(files, dirs), None
 
 
