@@ -13,20 +13,17 @@ Usage, from the repository root: ``python -m benchmarks.bench_metrics [--frames 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import default_out, format_table, machine_info, median, write_json
 from stm_core.metrics import evaluate_sequence
 
 HEIGHT, WIDTH = 480, 854
 N_OBJECTS = 2
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "metrics.json"
+DEFAULT_OUT = default_out("metrics")
 
 
 def synthetic_sequence(n_frames: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -65,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         scores = evaluate_sequence(pred, gt)
         times.append(time.perf_counter() - start)
 
-    median = statistics.median(times)
+    median_s = median(times)
     result = {
         "benchmark": "metrics.evaluate_sequence",
         "frames": args.frames,
@@ -75,31 +72,25 @@ def main(argv: list[str] | None = None) -> int:
         "objects": N_OBJECTS,
         "repeats": args.repeats,
         "seconds": times,
-        "median_seconds": median,
-        "median_seconds_per_object": median / N_OBJECTS,
+        "median_seconds": median_s,
+        "median_seconds_per_object": median_s / N_OBJECTS,
         "target_seconds_per_object": 1.0,
         "j_and_f": scores.j_and_f,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],
+        **machine_info(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
 
     rows = [
         ("frames x size", f"{args.frames} x {WIDTH}x{HEIGHT}"),
         ("objects", str(N_OBJECTS)),
         ("repeats", str(args.repeats)),
-        ("median total (s)", f"{median:.3f}"),
+        ("median total (s)", f"{median_s:.3f}"),
         ("min / max (s)", f"{min(times):.3f} / {max(times):.3f}"),
-        ("median per object (s)", f"{median / N_OBJECTS:.3f}"),
+        ("median per object (s)", f"{median_s / N_OBJECTS:.3f}"),
         ("target per object (s)", "< 1.0"),
         ("J&F (sanity)", f"{100 * scores.j_and_f:.1f}"),
     ]
-    width = max(len(name) for name, _ in rows)
-    print("\n".join(f"{name.ljust(width)}  {value}" for name, value in rows))
+    print(format_table(("measure", "value"), rows))
     print(f"wrote {args.out}")
     return 0
 

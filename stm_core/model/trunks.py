@@ -38,7 +38,6 @@ TRUNKS: dict[str, TrunkSpec] = {
     "resnet50": TrunkSpec(
         "resnet50", f16=1024, f8=512, f4=256, key_dim=128, value_dim=512, decoder_dim=256
     ),
-    # A small variant for CPU training and fast labelling.
     # A small variant for CPU training and fast labelling. Its decoder is 64 wide because at
     # stride 4 the decoder, not the trunk, dominates the cost of a small model.
     "resnet18": TrunkSpec(

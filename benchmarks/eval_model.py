@@ -1,0 +1,73 @@
+"""Quality of a checkpoint: J&F on the held-out synthetic set and on every real clip.
+
+    python -m benchmarks.eval_model --checkpoint stm_core/assets/stm_resnet18_synthetic.pt
+
+Held-out synthetic videos come from photos and seeds training never uses; the real clips
+(../shared/data/real) are evaluation-only. Every object is seeded on its first annotated frame.
+Writes JSON (default benchmarks/results/model_eval.json) and prints one table per set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from stm_core import load_model
+from stm_core.evaluation import evaluate_video
+from stm_core.io import list_videos
+from stm_core.metrics import format_table, summarize
+from stm_core.training.heldout import heldout_videos, save_as_davis
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+HELDOUT_SEED_BASE = 0  # the README's held-out evaluation set
+
+
+def evaluate_root(model, root: Path) -> dict:
+    """J&F of every scorable video under ``root``; the others are listed with the reason."""
+    scores, unscored = {}, {}
+    for video in list_videos(root):
+        if len(video.mask_paths) < 3:  # first and last annotated frames are never scored
+            unscored[video.name] = f"{len(video.mask_paths)} annotated frame(s), 3 needed"
+            continue
+        scores[video.name] = evaluate_video(model, video, resize_mismatched=True)
+    return summarize(scores) | {"unscored": unscored}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--heldout", type=int, default=12, help="held-out synthetic videos")
+    parser.add_argument("--frames", type=int, default=30, help="frames per synthetic video")
+    parser.add_argument("--real", type=Path, default=REAL_DATA)
+    parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_eval.json"))
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.checkpoint, device="cpu")
+    result: dict = {"checkpoint": str(args.checkpoint), "trunk": model.spec.name}
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        videos = heldout_videos(args.heldout, args.frames, seed_base=HELDOUT_SEED_BASE)
+        save_as_davis(videos, tmp)
+        result["heldout_synthetic"] = evaluate_root(model, Path(tmp))
+    print("held-out synthetic (J, F, J&F in %)")
+    print(format_table(result["heldout_synthetic"]))
+    if not args.skip_real and args.real.is_dir():
+        result["real"] = evaluate_root(model, args.real)
+        print("\nreal clips (J, F, J&F in %)")
+        print(format_table(result["real"]))
+    result["seconds"] = time.monotonic() - start
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

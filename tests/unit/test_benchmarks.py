@@ -1,0 +1,95 @@
+"""Smoke tests of the propagation benchmarks: each runs end to end at the smallest settings.
+
+They check the JSON contract (the fields the README table is built from) and the few numbers that
+follow from the settings alone (frame counts, bank growth, which policy evicts), not speeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import bench_memory_growth, bench_propagation_speed
+from benchmarks.common import box_seed, format_table, parse_size
+
+TINY = ["--size", "112x64", "--threads", "1"]
+
+
+def test_box_seed_gives_each_object_its_own_disjoint_box():
+    labels = box_seed(64, 112, 4)
+    assert labels.shape == (64, 112) and labels.dtype == np.uint8
+    assert set(np.unique(labels)) == {0, 1, 2, 3, 4}
+    columns = [np.nonzero((labels == k).any(axis=0))[0] for k in range(1, 5)]
+    assert all(a.max() < b.min() for a, b in zip(columns, columns[1:], strict=False))
+
+
+def test_parse_size_is_width_by_height_and_table_lines_align():
+    assert parse_size("854x480") == (480, 854)
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        parse_size("854")
+    lines = format_table(("a", "bbb"), [(1, 2), ("long cell", 3)]).splitlines()
+    assert len(lines) == 4 and len({len(line) for line in lines}) == 1
+
+
+@pytest.mark.parametrize("random_frames", [False, True])
+def test_propagation_speed_writes_one_run_per_trunk_and_object_count(tmp_path, random_frames):
+    out = tmp_path / "speed.json"
+    argv = [*TINY, "--frames", "3", "--trunks", "resnet18", "--objects", "1", "2"]
+    argv += ["--out", str(out)] + (["--random-frames"] if random_frames else [])
+    assert bench_propagation_speed.main(argv) == 0
+
+    result = json.loads(out.read_text())
+    assert (result["height"], result["width"], result["timed_frames"]) == (64, 112, 2)
+    assert result["frames_source"].startswith("random" if random_frames else "real")
+    for key in ("load_average_1min", "load_average_1min_start", "cpu_count", "torch"):
+        assert key in result
+    assert [(r["trunk"], r["objects"]) for r in result["runs"]] == [
+        ("resnet18", 1),
+        ("resnet18", 2),
+    ]
+    for run in result["runs"]:
+        assert len(run["seconds_per_frame"]) == 2  # frame 0, the seed, is not timed
+        assert run["median_seconds_per_frame"] == pytest.approx(
+            float(np.median(run["seconds_per_frame"]))
+        )
+        assert run["frames_per_second"] == pytest.approx(1 / run["median_seconds_per_frame"])
+        assert run["probabilities_finite"] is True
+
+
+def test_memory_growth_unbounded_bank_grows_and_capped_bank_does_not(tmp_path):
+    out = tmp_path / "memory.json"
+    # mem_every=1: every frame is permanent, so a cap of 2 evicts from frame 3 on.
+    argv = [*TINY, "--lengths", "3", "7", "--caps", "none", "2", "--mem-every", "1"]
+    argv += ["--tail", "3", "--in-process", "--out", str(out)]
+    assert bench_memory_growth.main(argv) == 0
+
+    result = json.loads(out.read_text())
+    runs = {(r["length"], r["policy"]): r for r in result["runs"]}
+    assert set(runs) == {(3, "unbounded"), (3, "cap 2"), (7, "unbounded"), (7, "cap 2")}
+    # A frame is encoded into memory when the next one arrives, so an L-frame video leaves
+    # frames 0..L-2 in memory: 2 and 6 entries unbounded, 2 (seed + newest) with the cap.
+    assert runs[(3, "unbounded")]["final_permanent_entries"] == 2
+    assert runs[(7, "unbounded")]["final_permanent_entries"] == 6
+    assert runs[(7, "cap 2")]["final_permanent_entries"] == 2
+    # Every entry has the same size, so the bank's size is proportional to its entry count.
+    ratios = result["ratios_longest_over_shortest"]
+    assert ratios["unbounded"]["peak_bank"] == pytest.approx(6 / 2)
+    assert ratios["cap 2"]["peak_bank"] == pytest.approx(2 / 2)
+    for run in result["runs"]:
+        assert run["tail_frames"] == min(3, run["length"] - 1)
+        assert run["trace"][-1]["frame"] == run["length"] - 1
+        assert math.isfinite(run["median_seconds_per_frame_last"])
+        assert run["peak_rss_delta_mb"] >= 0
+    assert "load_average_1min_start" in result and "load_average_1min" in result
+
+
+def test_memory_growth_runs_each_measurement_in_a_subprocess(tmp_path):
+    out = tmp_path / "memory.json"
+    argv = [*TINY, "--lengths", "2", "--caps", "1", "--out", str(out)]
+    assert bench_memory_growth.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert "subprocess" in result["driver"]
+    assert [(r["length"], r["policy"]) for r in result["runs"]] == [(2, "cap 1")]
