@@ -164,9 +164,7 @@ def label_video(
             n += 1
             if on_frames is not None:
                 on_frames(1)
-    except _StageError:
-        raise
-    except STMLabelError as exc:
+    except STMLabelError as exc:  # a _StageError from the frames passes through untouched
         raise _StageError("label", exc) from None
     return columns, n
 
