@@ -18,24 +18,12 @@ from pathlib import Path
 import torch
 
 from stm_core import load_model
-from stm_core.evaluation import evaluate_video
-from stm_core.io import list_videos
-from stm_core.metrics import format_table, summarize
+from stm_core.evaluation import evaluate_root
+from stm_core.metrics import format_table
 from stm_core.training.heldout import heldout_videos, save_as_davis
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 HELDOUT_SEED_BASE = 0  # the README's held-out evaluation set
-
-
-def evaluate_root(model, root: Path) -> dict:
-    """J&F of every scorable video under ``root``; the others are listed with the reason."""
-    scores, unscored = {}, {}
-    for video in list_videos(root):
-        if len(video.mask_paths) < 3:  # first and last annotated frames are never scored
-            unscored[video.name] = f"{len(video.mask_paths)} annotated frame(s), 3 needed"
-            continue
-        scores[video.name] = evaluate_video(model, video, resize_mismatched=True)
-    return summarize(scores) | {"unscored": unscored}
 
 
 def main(argv: list[str] | None = None) -> int:

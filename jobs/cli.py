@@ -112,11 +112,53 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{Path(config.storage_path) / config.name}"
         )
         return 0
+    from pipeline.ray_connect import connect
     from pipeline.training.ray_trainer import fit
 
+    connect(args.address)
     result = fit(config)
     print(f"trained {config.name}: {result.metrics}; newest checkpoint: {result.checkpoint}")
     return 0 if result.error is None else 1
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from jobs.nightly import main as nightly_main
+
+    return nightly_main(args.rest)
+
+
+def cmd_correct(args: argparse.Namespace) -> int:
+    import getpass
+
+    from pipeline.engine.corrections import add_correction
+
+    mask = Path(args.mask)
+    if not mask.is_file():
+        raise STMLabelError(f"{mask}: mask file not found")
+    uri, rows = add_correction(
+        args.run,
+        args.video,
+        args.frame,
+        mask.read_bytes(),
+        str(mask),
+        args.author or getpass.getuser(),
+        args.object,
+    )
+    if uri is None:
+        print(f"the same correction is stored already (video {args.video}, frame {args.frame})")
+    else:
+        print(
+            f"stored {len(rows)} correction(s) of video {args.video} frame {args.frame} "
+            f"(objects {', '.join(str(r.object_id) for r in rows)}) in {uri}"
+        )
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from pipeline.engine.history import history_command
+
+    print(history_command(args.store, args.plot, None, as_json=args.json))
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -188,7 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True, help="YAML/JSON TrainConfig")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
     t.add_argument("--local", action="store_true", help="train in this process, without Ray")
+    t.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS or a local one)")
     t.set_defaults(func=cmd_train)
+
+    n = sub.add_parser(
+        "nightly",
+        help="one night of the data engine: label, select, fine-tune, gate, promote",
+        add_help=False,
+    )
+    n.set_defaults(func=cmd_nightly)
 
     run_help = "the run: <output_uri>/runs/<run_id>"
     incomplete_help = "read the finished shards of a run that is not committed"
@@ -207,12 +257,31 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--fps", type=float, default=10.0, help="frames per second (default: 10)")
     v.add_argument("--allow-incomplete", action="store_true", help=incomplete_help)
     v.set_defaults(func=cmd_preview)
+
+    c = sub.add_parser("correct", help="store a human correction of a labeled frame")
+    c.add_argument("--run", required=True, help=run_help + " (the labels being corrected)")
+    c.add_argument("--video", required=True, help="video id")
+    c.add_argument("--frame", required=True, type=int, help="0-based frame index")
+    c.add_argument(
+        "--mask",
+        required=True,
+        help="PNG: the frame's full annotation (label map), or one object's mask with --object",
+    )
+    c.add_argument("--object", type=_positive, help="correct only this object id")
+    c.add_argument("--author", help="who made it (default: the login name)")
+    c.set_defaults(func=cmd_correct)
+
+    h = sub.add_parser("history", help="nightly runs and checkpoints of a store, with metrics")
+    h.add_argument("--store", required=True, help="the nightly store_uri")
+    h.add_argument("--plot", help="also write a PNG of J&F per checkpoint over time here")
+    h.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    h.set_defaults(func=cmd_history)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
-    if args.command != "label" and rest:
+    if args.command not in ("label", "nightly") and rest:
         build_parser().parse_args(argv)  # let argparse report the unknown arguments
     args.rest = rest
     logging.basicConfig(

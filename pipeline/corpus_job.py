@@ -10,8 +10,8 @@ by Ray (``max_restarts``) and its shard retried (``max_task_retries``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
-import hashlib
 import logging
 import math
 import time
@@ -29,7 +29,10 @@ from stm_core import load_model
 from stm_core.errors import CheckpointError, STMLabelError
 
 from . import ledger, table_io
-from .discovery import STAGE_LIST, STAGE_SEEDS, discover
+from .discovery import STAGE_LIST, STAGE_SEEDS, discover, fingerprint
+from .engine.corrections import corrections_by_video, read_corrections
+from .engine.layout import EngineLayout
+from .engine.registry import checkpoint_id_of, read_promoted
 from .label_actor import LabelWorker, ProgressTracker
 from .label_shard import LabelSettings, ShardSummary, error_row
 
@@ -64,17 +67,25 @@ class RunSummary:
     workers: list[dict[str, object]] = field(default_factory=list)
 
 
+def default_checkpoint_uri(config: LabelJobConfig) -> str:
+    """The checkpoint a run uses when the config names none: the data engine's promoted one in
+    the output store (``checkpoints/promoted.json``), else the model shipped in the package."""
+    pointer = read_promoted(EngineLayout(config.output_uri), config.storage)
+    if pointer is not None:
+        log.info("using the promoted checkpoint %s (%s)", pointer.checkpoint_id, pointer.uri)
+        return pointer.uri
+    from stm_core.assets import default_checkpoint_path
+
+    path = default_checkpoint_path()
+    if path is None:
+        raise JobConfigError("no checkpoint_uri given and this installation ships no model")
+    return str(path)
+
+
 def read_checkpoint(config: LabelJobConfig) -> tuple[bytes, str]:
     """The checkpoint's bytes and id (``sha256:<16 hex>``), validated by loading it once here so
     a wrong file fails the run before any worker starts."""
-    uri = config.checkpoint_uri
-    if uri is None:
-        from stm_core.assets import default_checkpoint_path
-
-        path = default_checkpoint_path()
-        if path is None:
-            raise JobConfigError("no checkpoint_uri given and this installation ships no model")
-        uri = str(path)
+    uri = config.checkpoint_uri or default_checkpoint_uri(config)
     try:
         data = table_io.read_bytes(uri, config.storage)
     except (OSError, ValueError) as exc:
@@ -87,7 +98,7 @@ def read_checkpoint(config: LabelJobConfig) -> tuple[bytes, str]:
         load_model(buffer, device="cpu")
     except CheckpointError as exc:
         raise JobConfigError(str(exc)) from None
-    return data, "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+    return data, checkpoint_id_of(data)
 
 
 def worker_resources(config: LabelJobConfig) -> tuple[int, dict[str, float]]:
@@ -136,9 +147,14 @@ def run_label_job(
         return RunSummary(**{k: record[k] for k in asdict(summary) if k in record})
 
     found = discover(config.corpus_uri, config.storage, config.seeds_uri, config.seeds_format)
-    tasks = {t.video_id: t for t in found.tasks}
+    tasks = _select_tasks(config, found.tasks)
     plan = ledger.load_or_create_plan(
-        config.output_uri, config.run_id, sorted(tasks), config.videos_per_shard, config.storage
+        config.output_uri,
+        config.run_id,
+        sorted(tasks),
+        config.videos_per_shard,
+        config.storage,
+        fingerprints={v: fingerprint(t) for v, t in tasks.items()},
     )
     settings = LabelSettings(
         run_id=config.run_id,
@@ -165,6 +181,29 @@ def run_label_job(
     summary.wall_seconds = time.monotonic() - start
     _finish(config, summary, len(found.errors))
     return summary
+
+
+def _select_tasks(config: LabelJobConfig, listed: list) -> dict:
+    """Video id -> task of the videos this run labels (``video_ids`` when given), with their
+    human corrections attached."""
+    tasks = {t.video_id: t for t in listed}
+    if config.video_ids is not None:
+        unknown = sorted(set(config.video_ids) - set(tasks))
+        if unknown:
+            log.warning(
+                "run %s: %d requested video(s) are not in the corpus, e.g. %s",
+                config.run_id,
+                len(unknown),
+                unknown[:5],
+            )
+        tasks = {v: tasks[v] for v in config.video_ids if v in tasks}
+    if config.corrections_uri is not None:
+        fixes = corrections_by_video(read_corrections(config.corrections_uri, config.storage))
+        tasks = {
+            v: dataclasses.replace(t, corrections=fixes[v]) if v in fixes else t
+            for v, t in tasks.items()
+        }
+    return tasks
 
 
 def _label_on_actors(

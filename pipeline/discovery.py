@@ -47,7 +47,7 @@ from schemas.common import StorageOptions
 from stm_core.errors import InputError
 from stm_core.io import FRAME_SUFFIXES, natural_key
 
-from .seed_readers import parse_coco_seeds, seed_table_frames
+from .seed_readers import RleSeed, parse_coco_seeds, seed_table_frames
 from .storage import open_fs, split_uri
 
 __all__ = [
@@ -116,6 +116,8 @@ class VideoTask:
     frame_files: tuple[str, ...] = ()
     seeds: SeedRef | None = None
     size_bytes: int | None = None
+    # human corrections to apply as seeds on their frames (the data engine's corrections table)
+    corrections: tuple[RleSeed, ...] = ()
 
     @property
     def num_frames(self) -> int | None:
@@ -127,6 +129,32 @@ class VideoTask:
         """Stems of a folder's frames (``00000``, ...); empty for a video file (see
         :func:`pipeline.video_readers.frame_names`)."""
         return tuple(posixpath.splitext(f)[0] for f in self.frame_files)
+
+
+def fingerprint(task: VideoTask) -> str:
+    """A short hash of what the listing says about a video's inputs: its frame files (or file),
+    their listed size, and its seed source (files, seeded frames, seed file version). A video
+    whose fingerprint differs from the one recorded when it was labeled has changed. Content
+    rewritten in place at the same size is not seen (the listing carries no checksum)."""
+    seeds = task.seeds
+    parts = [
+        task.kind,
+        task.uri,
+        "\n".join(task.frame_files),
+        str(task.size_bytes),
+        ""
+        if seeds is None
+        else json.dumps(
+            [
+                seeds.kind,
+                seeds.uri,
+                list(seeds.frames),
+                [list(m) for m in seeds.mask_files],
+                seeds.version,
+            ]
+        ),
+    ]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

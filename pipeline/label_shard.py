@@ -28,7 +28,7 @@ from stm_core.errors import STMLabelError
 from . import ledger
 from .discovery import VideoTask
 from .rle import encode_label_map
-from .seed_readers import read_seeds
+from .seed_readers import apply_corrections, read_seeds
 from .storage import open_fs
 from .video_readers import FrameScale, frame_name, iter_frames, probe
 
@@ -123,6 +123,13 @@ def label_video(
     info = _staged("read", lambda: probe(task, fs))
     scale = FrameScale.for_size(info.size, settings.max_frame_side)
     seeds = _staged("seed", lambda: read_seeds(task, fs, info.size, info.num_frames))
+    if task.corrections:
+        seeds = _staged(
+            "seed",
+            lambda: apply_corrections(
+                seeds, task.corrections, info.size, info.num_frames, "corrections", task.video_id
+            ),
+        )
     if not seeds:
         raise _StageError("seed", STMLabelError(f"video {task.video_id!r} has no seed masks"))
     native_seeds = seeds

@@ -90,6 +90,7 @@ def make_plan(
     video_ids: Iterable[str],
     videos_per_shard: int,
     created_at: dt.datetime | None = None,
+    fingerprints: Mapping[str, str] | None = None,
 ) -> RunPlan:
     """The :class:`RunPlan` of :func:`plan_shards` (pure; ``created_at`` defaults to now)."""
     chunks = plan_shards(video_ids, videos_per_shard)
@@ -98,6 +99,7 @@ def make_plan(
         videos_per_shard=videos_per_shard,
         shards=[ShardPlan(name=shard_name(i), video_ids=c) for i, c in enumerate(chunks)],
         created_at=created_at or dt.datetime.now(dt.UTC),
+        fingerprints=dict(fingerprints or {}),
     )
 
 
@@ -186,13 +188,16 @@ def load_or_create_plan(
     video_ids: Iterable[str],
     videos_per_shard: int,
     options: StorageOptions | None = None,
+    fingerprints: Mapping[str, str] | None = None,
 ) -> RunPlan:
     """The run's plan: the saved one on a resume (the corpus listing is then only compared with
-    it, and differences logged), else a new plan of ``video_ids``, saved."""
+    it, and differences logged), else a new plan of ``video_ids``, saved. ``fingerprints``
+    (video id -> :func:`pipeline.discovery.fingerprint`) are recorded in a new plan."""
     video_ids = list(video_ids)
     plan = load_plan(output_uri, run_id, options)
     if plan is None:
-        plan = save_plan(output_uri, make_plan(run_id, video_ids, videos_per_shard), options)
+        new = make_plan(run_id, video_ids, videos_per_shard, fingerprints=fingerprints)
+        plan = save_plan(output_uri, new, options)
     planned, listed = set(plan.video_ids), set(video_ids)
     if listed - planned:
         logger.warning(

@@ -432,3 +432,37 @@ def read_seeds(
             f"seeds for frame indices {bad} of video {task.video_id!r}, which has {has} frames",
         )
     return seeds
+
+
+def apply_corrections(
+    seeds: Mapping[int, np.ndarray],
+    corrections: Iterable[RleSeed],
+    size: Size,
+    num_frames: int | None,
+    source: str,
+    video_id: str,
+) -> dict[int, np.ndarray]:
+    """``seeds`` with human corrections painted over them: on a corrected frame each corrected
+    object gets exactly its corrected mask (taken from whoever had those pixels), so
+    propagation restarts from it there (the ``stm_core`` correction path). An empty
+    correction removes the object from that frame's seed; it cannot stop the object from being
+    propagated onto the frame (STM has no "absent here" seed)."""
+    out = {t: np.array(m, copy=True) for t, m in seeds.items()}
+    for c in sorted(corrections, key=lambda c: (c.frame_index, c.object_id)):
+        where = f"{source} [video {video_id!r}, frame {c.frame_index}, object {c.object_id}]"
+        if (c.height, c.width) != tuple(size):
+            raise InputError(
+                where,
+                f"correction size {c.width}x{c.height} (width x height) differs from the "
+                f"video's {_wh(size)}",
+            )
+        if c.frame_index < 0 or (num_frames is not None and c.frame_index >= num_frames):
+            raise InputError(where, f"frame index outside the video's {num_frames} frames")
+        try:
+            mask = np.asarray(rle_decode(c.counts, c.height, c.width)) > 0
+        except (ValueError, TypeError) as exc:
+            raise InputError(where, f"RLE does not decode ({exc})") from None
+        labels = out.setdefault(c.frame_index, np.zeros(size, np.uint8))
+        labels[labels == c.object_id] = 0
+        labels[mask] = c.object_id
+    return {t: m for t, m in out.items() if m.any() or t in seeds}

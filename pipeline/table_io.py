@@ -217,6 +217,26 @@ def list_files(
     return sorted(out)
 
 
+def delete(uri: str, options: StorageOptions | None = None) -> bool:
+    """Remove the object at ``uri``; False if there was none."""
+    protocol, path = split_uri(uri)
+    if protocol == "file":
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            return False
+        return True
+    fs, path = open_fs(uri, options)
+    _invalidate(fs, path)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        return False
+    finally:
+        _invalidate(fs, path)
+    return True
+
+
 def _walk_local(path: str) -> list[str]:
     """Files under a local ``path`` as "/"-joined paths relative to it ("" if it is a file)."""
     if os.path.isfile(path):

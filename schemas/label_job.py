@@ -23,7 +23,17 @@ class LabelJobConfig(StrictModel):
     seeds_format: Literal["auto", "masks", "coco", "parquet"] = "auto"
     output_uri: str = Field(description="where masks/, errors/ and runs/ are written")
     run_id: str = Field(description="same id = resume / no-op; new id = a new run")
-    checkpoint_uri: str | None = Field(None, description="default: the shipped model")
+    checkpoint_uri: str | None = Field(
+        None,
+        description="default: the data engine's promoted checkpoint in output_uri if there is "
+        "one, else the shipped model",
+    )
+    video_ids: list[str] | None = Field(
+        None, min_length=1, description="label only these videos of the corpus (default: all)"
+    )
+    corrections_uri: str | None = Field(
+        None, description="folder of corrections tables, applied as seeds on their frames"
+    )
     workers: int | None = Field(None, ge=1, description="default: one per GPU, else 1")
     gpus_per_worker: float = Field(1.0, gt=0, le=8)
     cpu_threads_per_worker: int = Field(1, ge=1, le=256)

@@ -348,6 +348,9 @@ class RunPlan(StrictModel):
     videos_per_shard: int = Field(ge=1)
     shards: list[ShardPlan]
     created_at: dt.datetime
+    # video id -> fingerprint of its listed inputs (pipeline.discovery.fingerprint): what the
+    # data engine compares to decide that a video changed since it was labeled
+    fingerprints: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> RunPlan:
@@ -377,3 +380,123 @@ class SuccessMarker(StrictModel):
     run_id: str
     shards: int = Field(ge=0)
     committed_at: dt.datetime
+
+
+# --- the data engine: training-data selections and the checkpoint registry ------------------
+
+SELECTION_SOURCES = ("seed", "correction", "pseudo")
+
+
+@dataclass(frozen=True, slots=True)
+class SelectionRow:
+    """One (video, frame, object) mask chosen as training data by a nightly run. The mask is
+    copied in, so a selection stays reproducible after its labeling runs are superseded.
+
+    ``source``: ``seed`` (the user's seed mask), ``correction`` (a human correction, newest per
+    frame and object) or ``pseudo`` (a labeled mask that passed the confidence filter).
+    ``consistency`` is the smaller IoU of the mask with the same object's mask on the previous
+    and next frames (1 for seeds and corrections)."""
+
+    selection_id: str
+    video_id: str
+    frame_index: int
+    object_id: int
+    height: int
+    width: int
+    rle: bytes
+    source: str
+    run_id: str | None  # the labeling run of a seed or pseudo row; None for corrections
+    score: float
+    consistency: float
+
+
+SELECTION = _row_fields_match(
+    TableSpec(
+        name="selection",
+        schema=_schema(
+            "selection",
+            [
+                _col("selection_id", pa.string(), "nightly run that made the selection"),
+                _col("video_id", pa.string(), "video id in the corpus"),
+                _col("frame_index", pa.int32(), "0-based frame position"),
+                _col("object_id", pa.int32(), "object label, >= 1"),
+                _col("height", pa.int32(), "mask height in pixels"),
+                _col("width", pa.int32(), "mask width in pixels"),
+                _col("rle", pa.binary(), "COCO compressed RLE counts (pycocotools), ASCII"),
+                _col("source", pa.string(), "one of " + "/".join(SELECTION_SOURCES)),
+                _col(
+                    "run_id",
+                    pa.string(),
+                    "labeling run of the mask; null for corrections",
+                    nullable=True,
+                ),
+                _col("score", pa.float32(), "the mask's score; 1 for seeds and corrections"),
+                _col("consistency", pa.float32(), "min IoU with the neighbouring frames' masks"),
+            ],
+        ),
+        row_type=SelectionRow,
+        sort_keys=("video_id", "frame_index", "object_id"),
+        enums={"source": SELECTION_SOURCES},
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    """One model checkpoint known to the data engine, written once when it is registered.
+
+    The root (the model the engine started from) has no parent. ``jf``/``parent_jf`` are the
+    held-out J&F (fractions in [0, 1]) of this checkpoint and of its parent, measured together by
+    the gate of the nightly run that trained it; ``promoted`` says whether the gate promoted it
+    and ``reason`` why (or why not)."""
+
+    checkpoint_id: str  # sha256:<16 hex> of the model file, as in masks.checkpoint_id
+    parent_id: str | None
+    uri: str
+    nightly_run_id: str | None
+    selection_id: str | None
+    selected_masks: int
+    train_steps: int
+    heldout_uri: str | None
+    jf: float | None
+    j: float | None
+    f: float | None
+    parent_jf: float | None
+    promoted: bool
+    reason: str
+    created_at: dt.datetime
+
+
+CHECKPOINTS = _row_fields_match(
+    TableSpec(
+        name="checkpoints",
+        schema=_schema(
+            "checkpoints",
+            [
+                _col("checkpoint_id", pa.string(), "sha256:<16 hex> of the model file"),
+                _col("parent_id", pa.string(), "checkpoint it was fine-tuned from", nullable=True),
+                _col("uri", pa.string(), "where the model file is"),
+                _col("nightly_run_id", pa.string(), "nightly run that made it", nullable=True),
+                _col("selection_id", pa.string(), "training data selection", nullable=True),
+                _col("selected_masks", pa.int64(), "rows in that selection"),
+                _col("train_steps", pa.int32(), "fine-tuning steps"),
+                _col(
+                    "heldout_uri", pa.string(), "held-out ground truth of the gate", nullable=True
+                ),
+                _col("jf", pa.float64(), "held-out J&F in [0, 1]", nullable=True),
+                _col("j", pa.float64(), "held-out J (region) mean", nullable=True),
+                _col("f", pa.float64(), "held-out F (boundary) mean", nullable=True),
+                _col("parent_jf", pa.float64(), "parent's J&F in the same gate", nullable=True),
+                _col("promoted", pa.bool_(), "whether the gate promoted it"),
+                _col("reason", pa.string(), "why it was (not) promoted"),
+                _col("created_at", TIME_TYPE, "when it was registered (UTC)"),
+            ],
+        ),
+        row_type=CheckpointRow,
+        sort_keys=("created_at", "checkpoint_id"),
+    )
+)
+
+SELECTION_SCHEMA = SELECTION.schema
+CHECKPOINTS_SCHEMA = CHECKPOINTS.schema
+TABLES.update({SELECTION.name: SELECTION, CHECKPOINTS.name: CHECKPOINTS})

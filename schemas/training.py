@@ -19,6 +19,20 @@ class DataConfig(StrictModel):
     video_length: int = Field(40, ge=3)
     max_skip_start: int = Field(0, ge=0)
     max_skip_end: int = Field(25, ge=0)
+    # A data-engine selection table (schemas.tables.SELECTION) over the videos of corpus_uri:
+    # its selected frames and masks become a source drawn with probability selection_prob.
+    selection_uri: str | None = None
+    corpus_uri: str | None = None
+    seeds_uri: str | None = None
+    seeds_format: Literal["auto", "masks", "coco", "parquet"] = "auto"
+    selection_prob: float = Field(0.75, ge=0.0, le=1.0)
+    max_frame_side: int | None = Field(480, ge=32, description="decode corpus frames this big")
+
+    @model_validator(mode="after")
+    def _selection_needs_corpus(self) -> DataConfig:
+        if self.selection_uri is not None and self.corpus_uri is None:
+            raise ValueError("data.selection_uri needs data.corpus_uri (where its videos are)")
+        return self
 
 
 class TrainConfig(StrictModel):

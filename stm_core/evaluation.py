@@ -8,11 +8,13 @@ annotated frames (first and last skipped, see :mod:`stm_core.metrics`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .io import VideoFolder, frame_size, iter_frames, read_seeds
-from .metrics import SequenceScores, evaluate_sequence
+from .io import VideoFolder, frame_size, iter_frames, list_videos, read_seeds
+from .metrics import SequenceScores, evaluate_sequence, summarize
 from .model.network import STM
 from .propagation import propagate
 
@@ -52,3 +54,27 @@ def evaluate_video(
         [annotations[t] for t in annotated],
         name=video.name,
     )
+
+
+def evaluate_root(
+    model: STM,
+    root: str | Path,
+    mem_every: int = 5,
+    max_memory_frames: int | None = None,
+) -> dict[str, Any]:
+    """J&F of every scorable video under a DAVIS / YouTube-VOS ``root`` (``summarize``'s
+    result), plus ``unscored``: the videos with fewer than 3 annotated frames (the first and
+    last are never scored) and why."""
+    scores, unscored = {}, {}
+    for video in list_videos(root):
+        if len(video.mask_paths) < 3:
+            unscored[video.name] = f"{len(video.mask_paths)} annotated frame(s), 3 needed"
+            continue
+        scores[video.name] = evaluate_video(
+            model, video, mem_every, max_memory_frames, resize_mismatched=True
+        )
+    if not scores:
+        from .errors import InputError
+
+        raise InputError(root, "no video with at least 3 annotated frames to score")
+    return summarize(scores) | {"unscored": unscored}

@@ -8,6 +8,7 @@ requires.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import tempfile
@@ -36,7 +37,22 @@ Report = Callable[[dict[str, float], Path | None], None]
 
 
 def build_dataset(config: TrainConfig) -> ClipDataset:
-    sources = [FolderVideoSource(root) for root in config.data.folders]
+    sources: list = [FolderVideoSource(root) for root in config.data.folders]
+    prob = config.data.folder_prob
+    if config.data.selection_uri is not None:
+        from pipeline.engine.selection_source import SelectionSource
+
+        sources.append(
+            SelectionSource(
+                config.data.selection_uri,
+                config.data.corpus_uri or "",
+                config.storage,
+                config.data.seeds_uri,
+                config.data.seeds_format,
+                config.data.max_frame_side,
+            )
+        )
+        prob = config.data.selection_prob
     return ClipDataset(
         length=config.steps * config.workers * config.batch_size,
         seed=config.data.seed,
@@ -47,14 +63,22 @@ def build_dataset(config: TrainConfig) -> ClipDataset:
         max_skip=config.data.max_skip_start,
         video_length=config.data.video_length,
         sources=sources,
-        source_prob=config.data.folder_prob if sources else 0.0,
+        source_prob=prob if sources else 0.0,
     )
 
 
 def initial_model(config: TrainConfig) -> STM:
     if config.init_checkpoint is None:
         return STM(config.trunk)
-    model = load_model(config.init_checkpoint, device="cpu")
+    uri = config.init_checkpoint
+    if "://" in uri and not uri.startswith("file://"):  # object storage: read it whole first
+        from pipeline import table_io
+
+        source = io.BytesIO(table_io.read_bytes(uri, config.storage))
+        source.name = uri  # load_model's errors name the checkpoint
+        model = load_model(source, device="cpu")
+    else:
+        model = load_model(uri.removeprefix("file://"), device="cpu")
     if model.spec.name != config.trunk:
         raise ValueError(
             f"init_checkpoint {config.init_checkpoint} holds a {model.spec.name} STM, "
