@@ -156,6 +156,7 @@ def run_label_job(
         config.storage,
         fingerprints={v: fingerprint(t) for v, t in tasks.items()},
     )
+    tasks = _with_corrections(config, tasks)
     settings = LabelSettings(
         run_id=config.run_id,
         checkpoint_id=checkpoint_id,
@@ -184,8 +185,7 @@ def run_label_job(
 
 
 def _select_tasks(config: LabelJobConfig, listed: list) -> dict:
-    """Video id -> task of the videos this run labels (``video_ids`` when given), with their
-    human corrections attached."""
+    """Video id -> task of the videos this run labels (``video_ids`` when given)."""
     tasks = {t.video_id: t for t in listed}
     if config.video_ids is not None:
         unknown = sorted(set(config.video_ids) - set(tasks))
@@ -197,13 +197,21 @@ def _select_tasks(config: LabelJobConfig, listed: list) -> dict:
                 unknown[:5],
             )
         tasks = {v: tasks[v] for v in config.video_ids if v in tasks}
-    if config.corrections_uri is not None:
-        fixes = corrections_by_video(read_corrections(config.corrections_uri, config.storage))
-        tasks = {
-            v: dataclasses.replace(t, corrections=fixes[v]) if v in fixes else t
-            for v, t in tasks.items()
-        }
     return tasks
+
+
+def _with_corrections(config: LabelJobConfig, tasks: dict) -> dict:
+    """``tasks`` with their human corrections attached. Read after the plan is saved, so a
+    correction stored meanwhile is used by this run and, being newer than the plan, also marks
+    the video for relabeling by the data engine: a race costs an extra relabel, never a lost
+    correction."""
+    if config.corrections_uri is None:
+        return tasks
+    fixes = corrections_by_video(read_corrections(config.corrections_uri, config.storage))
+    return {
+        v: dataclasses.replace(t, corrections=fixes[v]) if v in fixes else t
+        for v, t in tasks.items()
+    }
 
 
 def _label_on_actors(

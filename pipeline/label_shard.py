@@ -28,7 +28,7 @@ from stm_core.errors import STMLabelError
 from . import ledger
 from .discovery import VideoTask
 from .rle import encode_label_map
-from .seed_readers import apply_corrections, read_seeds
+from .seed_readers import apply_corrections, complete_correction_frames, read_seeds
 from .storage import open_fs
 from .video_readers import FrameScale, frame_name, iter_frames, probe
 
@@ -136,12 +136,15 @@ def label_video(
     if scale.resized:
         seeds = {t: scale.to_working(m) for t, m in seeds.items()}
     all_ids = sorted({int(i) for m in seeds.values() for i in np.unique(m) if i})
+    complete = complete_correction_frames(task.corrections, all_ids)
     frames = _tagged("decode", iter_frames(task, fs, settings.max_frame_side, info.size))
     columns: dict[str, list[Any]] = {name: [] for name in MASKS_SCHEMA.names}
     height, width = info.size
     n = 0
     try:
-        for out in propagate(model, frames, seeds, settings.mem_every, settings.max_memory_frames):
+        for out in propagate(
+            model, frames, seeds, settings.mem_every, settings.max_memory_frames, complete
+        ):
             is_seed = out.frame_index in seeds
             seed_ids = set(np.unique(seeds[out.frame_index]).tolist()) - {0} if is_seed else set()
             labels = out.labels

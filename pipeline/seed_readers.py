@@ -445,8 +445,9 @@ def apply_corrections(
     """``seeds`` with human corrections painted over them: on a corrected frame each corrected
     object gets exactly its corrected mask (taken from whoever had those pixels), so
     propagation restarts from it there (the ``stm_core`` correction path). An empty
-    correction removes the object from that frame's seed; it cannot stop the object from being
-    propagated onto the frame (STM has no "absent here" seed)."""
+    correction removes the object from that frame's seed; whether the object is then absent
+    from the frame depends on the frame's correction being complete (see
+    :func:`complete_correction_frames`). Every corrected frame gets a seed, possibly empty."""
     out = {t: np.array(m, copy=True) for t, m in seeds.items()}
     for c in sorted(corrections, key=lambda c: (c.frame_index, c.object_id)):
         where = f"{source} [video {video_id!r}, frame {c.frame_index}, object {c.object_id}]"
@@ -465,4 +466,17 @@ def apply_corrections(
         labels = out.setdefault(c.frame_index, np.zeros(size, np.uint8))
         labels[labels == c.object_id] = 0
         labels[mask] = c.object_id
-    return {t: m for t, m in out.items() if m.any() or t in seeds}
+    return out
+
+
+def complete_correction_frames(
+    corrections: Iterable[RleSeed], object_ids: Iterable[int]
+) -> set[int]:
+    """Frames whose corrections cover every one of the video's ``object_ids``: such a frame's
+    corrected label map is its complete annotation (an object not drawn is absent), which
+    ``stm_core.propagate`` takes as ``complete_seeds``."""
+    wanted = set(object_ids)
+    by_frame: dict[int, set[int]] = {}
+    for c in corrections:
+        by_frame.setdefault(c.frame_index, set()).add(c.object_id)
+    return {t for t, objects in by_frame.items() if wanted and wanted <= objects}

@@ -19,7 +19,7 @@ Generalisations beyond the release:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,8 +75,20 @@ class VideoSession:
         self._pad: Pad | None = None
         self._pending: _Pending | None = None
 
-    def step(self, t: int, frame: np.ndarray, seed: np.ndarray | None = None) -> FrameResult:
-        """Segment frame ``t`` (H x W x 3 uint8), applying ``seed`` (H x W uint8) if given."""
+    def step(
+        self,
+        t: int,
+        frame: np.ndarray,
+        seed: np.ndarray | None = None,
+        seed_complete: bool = False,
+    ) -> FrameResult:
+        """Segment frame ``t`` (H x W x 3 uint8), applying ``seed`` (H x W uint8) if given.
+
+        ``seed_complete``: the seed is the frame's complete annotation (a human correction of
+        the whole frame): every known object missing from it is absent, and every pixel it
+        leaves at 0 is background. Otherwise objects not in the seed keep their prediction
+        outside the seed's pixels (a seed only says where its own objects are).
+        """
         self._check_frame(t, frame)
         if seed is not None:
             seed = self._check_seed(t, seed)
@@ -87,7 +99,7 @@ class VideoSession:
             need_segment = bool(self.object_ids)
             if seed_ids and self.first_seed_frame is None:
                 self.first_seed_frame = t
-            is_seed_frame = bool(seed_ids)
+            is_seed_frame = bool(seed_ids) or (seed is not None and seed_complete)
             is_permanent = is_seed_frame or (
                 self.first_seed_frame is not None
                 and (t - self.first_seed_frame) % self.mem_every == 0
@@ -96,7 +108,7 @@ class VideoSession:
             self._memorize_pending()
             probs = self._segment(image) if need_segment else self._background(image)
             if is_seed_frame:
-                probs = self._apply_seed(t, probs, seed, seed_ids)
+                probs = self._apply_seed(t, probs, seed, seed_ids, seed_complete)
             # The padding border holds no object: memory is encoded from zero-padded masks, as
             # the release does (it crops its probabilities and pads them again with zeros).
             probs = F.pad(unpad(probs, self._pad), self._pad)
@@ -139,9 +151,15 @@ class VideoSession:
         return torch.ones((1, *image.shape[-2:]), device=self.device)
 
     def _apply_seed(
-        self, t: int, probs: torch.Tensor, seed: np.ndarray, seed_ids: tuple[int, ...]
+        self,
+        t: int,
+        probs: torch.Tensor,
+        seed: np.ndarray,
+        seed_ids: tuple[int, ...],
+        complete: bool = False,
     ) -> torch.Tensor:
-        """Seed objects get exactly their mask; everyone else keeps their prediction outside it."""
+        """Seed objects get exactly their mask; everyone else keeps their prediction outside it,
+        or, for a ``complete`` seed, is absent (the seed's 0 pixels are background)."""
         new_ids = tuple(o for o in seed_ids if o not in self.joined_on)
         for o in new_ids:
             self.joined_on[o] = t
@@ -153,6 +171,9 @@ class VideoSession:
             out[1 + merged_ids.index(o)] = probs[1 + i]
         claimed = (labels > 0).to(out.dtype)
         out *= 1 - claimed
+        if complete:
+            out.zero_()
+            out[0] = 1 - claimed
         for o in seed_ids:
             out[1 + merged_ids.index(o)] = (labels == o).to(out.dtype)
         self.object_ids = merged_ids
@@ -217,12 +238,14 @@ def propagate(
     seeds: Mapping[int, np.ndarray],
     mem_every: int = 5,
     max_memory_frames: int | None = None,
+    complete_seeds: Collection[int] = (),
 ) -> Iterator[FrameResult]:
     """Yield one :class:`FrameResult` per frame of ``frames``, in order.
 
     ``frames``: any iterable of H x W x 3 uint8 RGB arrays (consumed lazily); ``seeds``: frame index
-    -> H x W uint8 label map (0 = background, any other value an object id). The model stays on its
-    own device; the caller picks it (see ``stm_core.load_model``).
+    -> H x W uint8 label map (0 = background, any other value an object id). ``complete_seeds``:
+    frame indices whose seed is the frame's complete annotation (see :meth:`VideoSession.step`).
+    The model stays on its own device; the caller picks it (see ``stm_core.load_model``).
     """
     if not seeds:
         raise InputError(None, "no seed masks: at least one frame needs a seed")
@@ -230,9 +253,10 @@ def propagate(
     if bad:
         raise InputError(None, f"seed frame indices must be non-negative integers, got {bad}")
     session = VideoSession(model, mem_every=mem_every, max_memory_frames=max_memory_frames)
+    complete = set(complete_seeds)
     count = 0
     for t, frame in enumerate(frames):
-        yield session.step(t, frame, seeds.get(t))
+        yield session.step(t, frame, seeds.get(t), t in complete)
         count = t + 1
     beyond = sorted(k for k in seeds if k >= count)
     if beyond:

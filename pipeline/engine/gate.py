@@ -70,7 +70,7 @@ def decide(candidate_jf: float, parent_jf: float, margin: float) -> tuple[bool, 
         f"held-out J&F {100 * candidate_jf:.2f} vs promoted {100 * parent_jf:.2f} "
         f"(gain {gain:+.2f}, margin {margin:+.2f})"
     )
-    if gain >= margin:
+    if gain >= margin - 1e-9:  # a gain equal to the margin passes despite float rounding
         return True, f"promoted: {verdict}"
     return False, f"kept the promoted checkpoint: {verdict}"
 

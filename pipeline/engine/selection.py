@@ -111,7 +111,12 @@ def _select_video(
             and all(_confident(m, consistency[(m.object_id, f)], config) for m in on_frame)
         ):
             chosen.append(f)
-    chosen = _spread(chosen, config.max_frames_per_video)
+    anchors = [
+        f
+        for f in chosen
+        if any(m.is_seed or m.corrected for m in (track.get(f) for track in tracks.values()) if m)
+    ]
+    chosen = _spread(chosen, config.max_frames_per_video, anchors)
     out = []
     for f in chosen:
         for obj in sorted(tracks):
@@ -156,9 +161,18 @@ def _confident(mask: _Mask, consistency: float, config: SelectionConfig) -> bool
     return sure and consistency >= config.min_consistency
 
 
-def _spread(frames: list[int], limit: int | None) -> list[int]:
-    """At most ``limit`` of ``frames``, evenly spread over them (first and last kept)."""
+def _spread(frames: list[int], limit: int | None, keep: list[int] = ()) -> list[int]:
+    """At most ``limit`` of ``frames`` evenly spread over them (first and last kept), plus every
+    frame of ``keep`` (seeds and corrections, always used): a pick nearest to a kept frame makes
+    room for it, so the total stays ``max(limit, len(keep))``."""
     if limit is None or len(frames) <= limit:
         return frames
-    picks = np.unique(np.round(np.linspace(0, len(frames) - 1, limit)).astype(int))
-    return [frames[i] for i in picks]
+    positions = np.unique(np.round(np.linspace(0, len(frames) - 1, limit)).astype(int))
+    picks = {frames[i] for i in positions}
+    anchors = set(keep)
+    extra = sorted(picks - anchors)
+    while extra and len(picks | anchors) > limit:
+        nearest = min(extra, key=lambda f: min(abs(f - a) for a in anchors))
+        extra.remove(nearest)
+        picks.discard(nearest)
+    return sorted(picks | anchors)

@@ -87,6 +87,20 @@ def test_a_correction_replaces_the_prediction_and_changes_later_frames(model):
     assert np.abs(fixed[5].probs - plain[5].probs).max() > 1e-3  # it went into memory
 
 
+def test_a_complete_correction_makes_the_frame_exactly_its_annotation(model):
+    frames = _frames(6)
+    seed0 = _box(1, 5, 5) + _box(2, 25, 35)
+    fix = _box(1, 8, 8)  # the whole truth of frame 3: object 2 is not on it
+    partial = list(propagate(model, frames, {0: seed0, 3: fix}))
+    complete = list(propagate(model, frames, {0: seed0, 3: fix}, complete_seeds={3}))
+    assert partial[3].probs[2].max() > 0  # a plain seed leaves object 2 its prediction
+    np.testing.assert_array_equal(complete[3].labels, fix)
+    np.testing.assert_array_equal(complete[3].probs[2], np.zeros((H, W), np.float32))
+    np.testing.assert_array_equal(complete[3].probs[0], (fix == 0).astype(np.float32))
+    assert complete[3].object_ids == (1, 2)  # still tracked, absent here
+    assert np.abs(complete[4].probs - partial[4].probs).max() > 1e-4  # it went into memory
+
+
 def test_capped_and_unbounded_agree_while_memory_is_under_the_cap(model):
     frames, seeds = _frames(7), {0: _box(1, 5, 5)}
     a = list(propagate(model, frames, seeds, mem_every=2, max_memory_frames=None))
