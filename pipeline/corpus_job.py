@@ -147,6 +147,8 @@ def run_label_job(
         return RunSummary(**{k: record[k] for k in asdict(summary) if k in record})
 
     found = discover(config.corpus_uri, config.storage, config.seeds_uri, config.seeds_format)
+    if not found.tasks and any(e.video_id is None for e in found.errors):
+        return _fail_unreadable(config, summary, found.errors, start)
     tasks = _select_tasks(config, found.tasks)
     plan = ledger.load_or_create_plan(
         config.output_uri,
@@ -181,6 +183,32 @@ def run_label_job(
         )
     summary.wall_seconds = time.monotonic() - start
     _finish(config, summary, len(found.errors))
+    return summary
+
+
+def _fail_unreadable(
+    config: LabelJobConfig, summary: RunSummary, errors: list, start: float
+) -> RunSummary:
+    """Nothing to label because the corpus or the seed source itself cannot be read: record the
+    errors and a failed run record, but do not commit, so the same run id retries once the
+    store is readable (an empty committed run would pass for "labeled nothing")."""
+    settings = LabelSettings(
+        run_id=config.run_id,
+        checkpoint_id=summary.checkpoint_id,
+        started_at=dt.datetime.now(dt.UTC),
+    )
+    _write_discovery_errors(config, settings, errors)
+    summary.status, summary.errors = "failed", len(errors)
+    summary.wall_seconds = time.monotonic() - start
+    reasons = "; ".join(e.message for e in errors if e.video_id is None)
+    record = asdict(summary) | {
+        "config": config.public_dump(),
+        "discovery_errors": len(errors),
+        "failure": f"nothing to label: {reasons}",
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    ledger.write_run_record(config.output_uri, config.run_id, record, config.storage)
+    log.error("run %s failed: nothing to label: %s", config.run_id, reasons)
     return summary
 
 

@@ -216,7 +216,9 @@ MASKS = _row_fields_match(
 class ErrorRow:
     """Something that went wrong without stopping the run. ``video_id`` is None when no single
     video is to blame (e.g. listing the corpus failed). ``stage`` is one of ``ERROR_STAGES``;
-    ``error_type`` is the exception class name."""
+    ``error_type`` is the exception class name for a video that failed while being labeled
+    (``InputError``, ...), and a problem code for what discovery found before any labeling
+    (``no_seeds``, ``empty_file``, ``unreadable_uri``, ...; see ``pipeline.discovery``)."""
 
     run_id: str
     video_id: str | None
@@ -235,7 +237,9 @@ ERRORS = _row_fields_match(
                 _col("run_id", pa.string(), "labeling run"),
                 _col("video_id", pa.string(), "video concerned, null if none", nullable=True),
                 _col("stage", pa.string(), "one of " + "/".join(ERROR_STAGES)),
-                _col("error_type", pa.string(), "exception class name"),
+                _col(
+                    "error_type", pa.string(), "exception class name, or a discovery problem code"
+                ),
                 _col("message", pa.string(), "error message"),
                 _col("time", TIME_TYPE, "when the error happened (UTC)"),
             ],

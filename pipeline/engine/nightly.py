@@ -206,6 +206,8 @@ def _label(
         storage=config.storage,
     )
     summary = run_label_job(job, progress)
+    if summary.status != "succeeded":
+        raise NightlyError(f"labeling run {job.run_id} {summary.status}; see its errors table")
     log.info(
         "nightly %s: labeled %d videos (%d errors)", record.run_id, summary.videos, summary.errors
     )

@@ -37,6 +37,7 @@ from corpus_factory import (
 from ray.util.state import list_actors
 
 from jobs import label_corpus
+from pipeline import ledger
 from pipeline.corpus_job import RunSummary, run_label_job
 from schemas.label_job import LabelJobConfig
 from schemas.tables import ERROR_STAGES, SeedRow
@@ -156,7 +157,7 @@ def good_corpus(s3_server, tmp_path_factory) -> str:
     return upload_tree(s3_server.fs, builder.root, s3_server.uri("faults-kill"))
 
 
-def test_an_unreadable_corpus_or_seed_uri_is_one_error_row(
+def test_an_unreadable_corpus_or_seed_uri_is_one_error_row_and_a_failed_run(
     ray_local, s3_server, good_corpus: str, checkpoint: Path
 ) -> None:
     cases = {
@@ -175,6 +176,9 @@ def test_an_unreadable_corpus_or_seed_uri_is_one_error_row(
         uri = next(iter(override.values()))
         assert uri in errors["message"][0].as_py(), name
         assert (summary.masks, summary.errors, summary.workers) == (0, 1, []), name
+        # Nothing could be labeled: the run failed and is not committed, so it can be retried.
+        assert summary.status == "failed", name
+        assert not ledger.is_committed(output, config["run_id"], s3_server.storage), name
 
 
 def run_main(

@@ -286,3 +286,23 @@ def test_a_frame_the_run_did_not_label_is_an_input_error(run_uri: str, tmp_path:
 def test_a_video_the_run_did_not_plan_is_an_input_error(run_uri: str, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="nope"):
         add_correction(run_uri, "nope", 0, png_bytes(LABELED, tmp_path), "m.png", "alice")
+
+
+def test_the_correct_command_stores_a_correction_and_refuses_bad_input(
+    run_uri: str, tmp_path: Path, capsys
+) -> None:
+    from jobs.cli import main
+
+    good = tmp_path / "good.png"
+    good.write_bytes(png_bytes(label_map(o1=(0, 0, 3, 3)), tmp_path, "g.png"))
+    args = ["correct", "--run", run_uri, "--video", "v", "--frame", "1", "--author", "ann"]
+    assert main([*args, "--mask", str(good)]) == 0
+    assert "stored 2 correction(s)" in capsys.readouterr().out
+    assert [r["author"] for r in stored_corrections(run_uri)] == ["ann", "ann"]
+    assert main([*args, "--mask", str(good)]) == 0  # the same again: nothing new
+    assert "stored already" in capsys.readouterr().out
+    assert main([*args, "--mask", str(good), "--object", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "good.png" in err and "object 7 is unknown" in err
+    assert main([*args, "--mask", str(tmp_path / "missing.png")]) == 2
+    assert "mask file not found" in capsys.readouterr().err
