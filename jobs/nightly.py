@@ -58,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except STMLabelError as exc:
         print(f"nightly: failed: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(record.model_dump(mode="json", exclude={"config"}), indent=2))
+    print(
+        json.dumps(record.model_dump(mode="json", exclude={"config", "label_video_ids"}), indent=2)
+    )
     return 0 if record.status == "succeeded" else 1
 
 

@@ -133,6 +133,7 @@ class NightlyRecord(StrictModel):
     label_run_id: str | None = None
     videos_labeled: int | None = None
     label_reasons: dict[str, int] = Field(default_factory=dict)
+    label_video_ids: list[str] = Field(default_factory=list)
     selection_id: str | None = None
     selected_masks: int | None = None
     selected_frames: int | None = None

@@ -354,7 +354,9 @@ def history_json(
     ISO 8601 UTC); each record's ``config`` is left out (see ``nightly/<id>.json``)."""
     out: dict[str, Any] = {
         "promoted": None if pointer is None else pointer.model_dump(mode="json"),
-        "nightly_runs": [r.model_dump(mode="json", exclude={"config"}) for r in records],
+        "nightly_runs": [
+            r.model_dump(mode="json", exclude={"config", "label_video_ids"}) for r in records
+        ],
         "checkpoints": to_jsonable_python(checkpoints.to_pylist()),
     }
     if plot_path is not None:

@@ -181,7 +181,7 @@ def _label(
         }
         record.videos_labeled = len(todo)
         record.label_run_id = f"{record.run_id}-label" if todo else ""
-        record.config["label_video_ids"] = sorted(todo)
+        record.label_video_ids = sorted(todo)
         _save(layout, record, config)
     if not record.label_run_id:
         log.info("nightly %s: every video's labels are current; nothing to label", record.run_id)
@@ -194,7 +194,7 @@ def _label(
         output_uri=config.store_uri,
         run_id=record.label_run_id,
         checkpoint_uri=record.parent_uri,
-        video_ids=record.config["label_video_ids"],
+        video_ids=record.label_video_ids,
         corrections_uri=layout.corrections_dir,
         workers=label.workers,
         gpus_per_worker=label.gpus_per_worker,
