@@ -1,11 +1,12 @@
 """Whole-object reads and atomic writes of Parquet tables and JSON documents, anywhere fsspec
-reaches (a local path, ``file://``, ``s3://``, ...).
+reaches (a local path, ``file://``, ``s3://``, ``gs://``, ...).
 
 Writes are all-or-nothing. The bytes are made in memory first (a shard's Parquet is a few MB),
 then stored in one step:
 
 - object stores: one ``pipe_file`` call, i.e. one PUT (s3fs switches to a multipart upload only
-  above 100 MiB, which S3 also makes visible only on completion and s3fs aborts on error);
+  above 100 MiB, which S3 also makes visible only on completion and s3fs aborts on error; gcsfs
+  to a resumable upload above 50 MiB, likewise visible only once complete);
 - local files: a hidden temp file in the destination folder (``.<name>.<random>.tmp``, which
   ``pyarrow.dataset``, DuckDB and Polars globs skip), fsynced, then ``os.replace``d onto the
   name, so a reader sees the old file or the new one, never a partial one.
@@ -14,10 +15,16 @@ Streaming with ``pq.ParquetWriter`` is avoided on purpose: an exception inside i
 block still commits a valid file holding only the rows written so far.
 
 ``overwrite=False`` makes a write create-only: ``FileExistsError`` if the name is taken, decided
-atomically (``os.link`` locally, ``If-None-Match: *`` on S3; a check-then-write elsewhere).
+atomically (``os.link`` locally, ``If-None-Match: *`` on S3; a check-then-write elsewhere). On
+``gs://`` it is a check-then-write *plus* the upload precondition ``ifGenerationMatch=0`` (gcsfs
+``mode="create"``), which GCS itself decides atomically, answering 412 (FileExistsError from
+gcsfs) to the losing writer. The tests' gcp-storage-emulator ignores preconditions, so there
+(and on any endpoint like it) only the check holds and two racing writers may both succeed;
+the precondition path is therefore not covered by the tests.
 
 Listings and existence checks first drop s3fs's listing cache for the path: fsspec shares one
-filesystem instance per set of options, and its cache does not see other writers.
+filesystem instance per set of options, and its cache does not see other writers (gcsfs is
+opened with its listing cache off, ``pipeline.storage``).
 """
 
 from __future__ import annotations
@@ -71,7 +78,13 @@ def write_bytes(
         _invalidate(fs, path)
         if fs.exists(path):  # not atomic: two writers may both pass this check
             raise FileExistsError(uri)
-        fs.pipe_file(path, data)
+        if protocol == "gs":  # ifGenerationMatch=0 closes the race on GCS itself
+            try:
+                fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                raise FileExistsError(uri) from None  # gcsfs names the upload URL instead
+        else:
+            fs.pipe_file(path, data)
     _invalidate(fs, path)
     logger.debug("wrote %d bytes to %s", len(data), uri)
 
@@ -189,7 +202,8 @@ def list_files(
     include_hidden: bool = False,
 ) -> list[str]:
     """URIs of the files under ``prefix_uri`` (recursively), sorted, in the same form as the
-    prefix (``s3://...``, ``file://...`` or a plain path); ``[]`` if there is nothing there.
+    prefix (``s3://...``, ``gs://...``, ``file://...`` or a plain path); ``[]`` if there is
+    nothing there.
     Names starting with ``.`` or ``_`` (temp files, markers) are left out unless
     ``include_hidden``."""
     protocol, path = split_uri(prefix_uri)

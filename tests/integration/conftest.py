@@ -1,8 +1,9 @@
-"""Fixtures for pipeline tests: a local Ray and an S3 endpoint on loopback (moto).
+"""Fixtures for pipeline tests: a local Ray, an S3 endpoint on loopback (moto) and a Google Cloud
+Storage endpoint on loopback (gcp-storage-emulator).
 
-Both are session-scoped because each costs seconds to start (Ray 10-15 s on this loaded machine) and
+All are session-scoped because each costs seconds to start (Ray 10-15 s on this loaded machine) and
 holds no per-test state that matters: tests write under their own fresh prefix
-(``s3_prefix``) and Ray jobs clean up after themselves.
+(``s3_prefix``, ``gs_prefix``) and Ray jobs clean up after themselves.
 
 Credentials are fake (``testing``) and set in the environment *before* Ray starts, so Ray's
 workers inherit them and nothing can reach a real AWS account with a developer's own keys.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ import pytest
 from schemas.common import StorageOptions
 
 if TYPE_CHECKING:
+    import gcsfs
     import s3fs
 
 FAKE_AWS_ENV = {
@@ -160,3 +163,94 @@ def subprocess_env(aws_test_env: dict[str, str]) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"  # a SIGKILLed child loses whatever it had buffered
     return env
+
+
+# --- Google Cloud Storage: gcp-storage-emulator on loopback ----------------------------------
+
+# Settings that could send a Google client to a real account or endpoint. The tests pass
+# ``token="anon"`` and the emulator's endpoint explicitly; these are a second guard for any code
+# path that opens ``gs://`` without them: the JSON API goes to the emulator, and the credential
+# chain finds no key file, no gcloud login and no metadata server (a closed loopback port) before
+# falling back to anonymous access. google.auth reads the metadata settings when it is first
+# imported (with gcsfs), so they guard only a process that had not imported gcsfs before.
+_CLEARED_GOOGLE_ENV = (
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_CLOUD_PROJECT",
+    "GCLOUD_PROJECT",
+    "GCSFS_DEFAULT_PROJECT",
+)
+
+
+@dataclass(frozen=True)
+class GcsServer:
+    """A gcp-storage-emulator endpoint on 127.0.0.1 (in memory) with one bucket.
+
+    ``fs`` is a gcsfs filesystem without instance or listing caches, anonymous; ``storage`` is
+    what configs take (``endpoint_url`` + ``anon``). The emulator ignores upload preconditions
+    (``ifGenerationMatch``), so create-only writes are checked, not raced, against it.
+    """
+
+    endpoint_url: str
+    bucket: str
+    fs: gcsfs.GCSFileSystem
+    storage: StorageOptions
+
+    def uri(self, key: str = "") -> str:
+        """``gs://<bucket>/<key>``."""
+        return f"gs://{self.bucket}/{key}".rstrip("/")
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
+    from gcp_storage_emulator.server import create_server
+
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)  # a line per request
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    bucket = "stm-test"
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in _CLEARED_GOOGLE_ENV:
+            mp.delenv(name, raising=False)
+        mp.setenv("STORAGE_EMULATOR_HOST", endpoint)
+        mp.setenv("CLOUDSDK_CONFIG", str(tmp_path_factory.mktemp("gcloud-config")))  # empty
+        mp.setenv("NO_GCE_CHECK", "true")
+        mp.setenv("GCE_METADATA_HOST", f"127.0.0.1:{free_port()}")
+        mp.setenv("GCE_METADATA_IP", f"127.0.0.1:{free_port()}")
+        from gcsfs.core import GCSFileSystem  # after the settings above: see _CLEARED_GOOGLE_ENV
+
+        server.start()
+        _quiet_disconnects(server)
+        try:
+            fs = GCSFileSystem(
+                endpoint_url=endpoint,
+                token="anon",
+                skip_instance_cache=True,
+                use_listings_cache=False,
+            )
+            storage = StorageOptions(endpoint_url=endpoint, anon=True)
+            yield GcsServer(endpoint_url=endpoint, bucket=bucket, fs=fs, storage=storage)
+        finally:
+            server.stop()
+
+
+def _quiet_disconnects(server: object) -> None:
+    """Drop the emulator's traceback for a client that hung up before the answer. gcsfs's
+    ``info`` races an object GET against a listing and cancels the loser, so every existence
+    check prints one, burying a failing test's own output. Other errors are still printed."""
+    httpd = getattr(getattr(server, "_api", None), "_httpd", None)  # private: best effort
+    if httpd is None:
+        return
+    report = httpd.handle_error
+
+    def handle_error(request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], BrokenPipeError | ConnectionResetError):
+            report(request, client_address)
+
+    httpd.handle_error = handle_error
+
+
+@pytest.fixture
+def gs_prefix(gcs_server: GcsServer) -> str:
+    """A fresh key prefix in the emulator's bucket (``gs://`` URI)."""
+    return gcs_server.uri(f"t-{uuid.uuid4().hex[:12]}")
