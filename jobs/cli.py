@@ -96,13 +96,10 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from schemas.common import apply_override, load_settings
+    from schemas.common import load_config
     from schemas.training import TrainConfig
 
-    settings = load_settings(args.config)
-    for override in args.set or []:
-        apply_override(settings, override)
-    config = TrainConfig.model_validate(settings)
+    config = load_config(TrainConfig, args.config, args.set or [])
     if args.local:
         from pipeline.training.local import train_local
 

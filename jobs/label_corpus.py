@@ -35,14 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pipeline.corpus_job import JobConfigError, read_checkpoint, run_label_job
     from pipeline.progress import print_progress
-    from schemas.common import apply_override, load_settings
+    from schemas.common import load_config
     from schemas.label_job import LabelJobConfig
 
     try:
-        settings = load_settings(args.config) if args.config else demo_settings()
-        for override in args.set or []:
-            apply_override(settings, override)
-        config = LabelJobConfig.model_validate(settings)
+        base = None if args.config else demo_settings()
+        config = load_config(LabelJobConfig, args.config, args.set or [], base)
     except (ValidationError, ValueError, FileNotFoundError) as exc:
         print(f"label_corpus: bad config: {exc}", file=sys.stderr)
         return 2

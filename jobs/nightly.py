@@ -37,15 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.engine.nightly import run_nightly
     from pipeline.progress import print_progress
     from pipeline.ray_connect import connect
-    from schemas.common import apply_override, load_settings
+    from schemas.common import load_config
     from schemas.nightly import NightlyConfig
     from stm_core.errors import STMLabelError
 
     try:
-        settings = load_settings(args.config)
-        for override in args.set or []:
-            apply_override(settings, override)
-        config = NightlyConfig.model_validate(settings)
+        config = load_config(NightlyConfig, args.config, args.set or [])
     except (ValidationError, ValueError, FileNotFoundError) as exc:
         print(f"nightly: bad config: {exc}", file=sys.stderr)
         return 2

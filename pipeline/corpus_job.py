@@ -201,13 +201,7 @@ def _fail_unreadable(
     summary.status, summary.errors = "failed", len(errors)
     summary.wall_seconds = time.monotonic() - start
     reasons = "; ".join(e.message for e in errors if e.video_id is None)
-    record = asdict(summary) | {
-        "config": config.public_dump(),
-        "discovery_errors": len(errors),
-        "failure": f"nothing to label: {reasons}",
-        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
-    }
-    ledger.write_run_record(config.output_uri, config.run_id, record, config.storage)
+    _write_record(config, summary, len(errors), failure=f"nothing to label: {reasons}")
     log.error("run %s failed: nothing to label: %s", config.run_id, reasons)
     return summary
 
@@ -336,10 +330,18 @@ def _finish(config: LabelJobConfig, summary: RunSummary, discovery_errors: int) 
     summary.videos = len(set(masks.column("video_id").to_pylist()))
     summary.frames_per_second = summary.frames / max(summary.wall_seconds, 1e-9)
     summary.status = "succeeded"
+    _write_record(config, summary, discovery_errors)
+    ledger.mark_success(config.output_uri, config.run_id, config.storage)
+
+
+def _write_record(
+    config: LabelJobConfig, summary: RunSummary, discovery_errors: int, **extra: str
+) -> None:
+    """The run record: the summary, the config without secrets, and when the run ended."""
     record = asdict(summary) | {
         "config": config.public_dump(),
         "discovery_errors": discovery_errors,
+        **extra,
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
     }
     ledger.write_run_record(config.output_uri, config.run_id, record, config.storage)
-    ledger.mark_success(config.output_uri, config.run_id, config.storage)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -53,3 +54,21 @@ def apply_override(settings: dict[str, Any], assignment: str) -> None:
         if not isinstance(node, dict):
             raise ValueError(f"override {assignment!r}: {part!r} is not a section")
     node[leaf] = yaml.safe_load(value)
+
+
+Config = TypeVar("Config", bound=BaseModel)
+
+
+def load_config(
+    model: type[Config],
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    base: dict | None = None,
+) -> Config:
+    """A config of type ``model`` from a YAML/JSON file (or ``base`` settings when ``path`` is
+    None) with ``key.sub=value`` overrides applied. Raises pydantic's ValidationError naming the
+    field, ValueError or FileNotFoundError naming the file."""
+    settings = load_settings(path) if path is not None else dict(base or {})
+    for override in overrides:
+        apply_override(settings, override)
+    return model.model_validate(settings)

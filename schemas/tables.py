@@ -148,6 +148,19 @@ def _schema(name: str, fields: Sequence[pa.Field]) -> pa.Schema:
     )
 
 
+def _object_mask_columns(frame_doc: str = "0-based frame position") -> list[pa.Field]:
+    """The columns that locate and hold one object's mask on one frame, shared by the seeds,
+    corrections and selection tables (the masks table names its video id more precisely)."""
+    return [
+        _col("video_id", pa.string(), "video id in the corpus"),
+        _col("frame_index", pa.int32(), frame_doc),
+        _col("object_id", pa.int32(), "object label, >= 1"),
+        _col("height", pa.int32(), "mask height in pixels"),
+        _col("width", pa.int32(), "mask width in pixels"),
+        _col("rle", pa.binary(), "COCO compressed RLE counts (pycocotools), ASCII"),
+    ]
+
+
 def _row_fields_match(spec: TableSpec) -> TableSpec:
     names = [f.name for f in dataclasses.fields(spec.row_type)]
     if names != spec.schema.names:  # a programming error: fail at import
@@ -271,12 +284,7 @@ SEEDS = _row_fields_match(
         schema=_schema(
             "seeds",
             [
-                _col("video_id", pa.string(), "video id in the corpus"),
-                _col("frame_index", pa.int32(), "0-based frame position of the seed"),
-                _col("object_id", pa.int32(), "object label, >= 1"),
-                _col("height", pa.int32(), "mask height in pixels"),
-                _col("width", pa.int32(), "mask width in pixels"),
-                _col("rle", pa.binary(), "COCO compressed RLE counts (pycocotools), ASCII"),
+                *_object_mask_columns("0-based frame position of the seed"),
             ],
         ),
         row_type=SeedRow,
@@ -307,12 +315,7 @@ CORRECTIONS = _row_fields_match(
         schema=_schema(
             "corrections",
             [
-                _col("video_id", pa.string(), "video id in the corpus"),
-                _col("frame_index", pa.int32(), "0-based frame position"),
-                _col("object_id", pa.int32(), "object label, >= 1"),
-                _col("height", pa.int32(), "mask height in pixels"),
-                _col("width", pa.int32(), "mask width in pixels"),
-                _col("rle", pa.binary(), "COCO compressed RLE counts (pycocotools), ASCII"),
+                *_object_mask_columns(),
                 _col("author", pa.string(), "who made the correction"),
                 _col("time", TIME_TYPE, "when it was made (UTC)"),
             ],
@@ -421,12 +424,7 @@ SELECTION = _row_fields_match(
             "selection",
             [
                 _col("selection_id", pa.string(), "nightly run that made the selection"),
-                _col("video_id", pa.string(), "video id in the corpus"),
-                _col("frame_index", pa.int32(), "0-based frame position"),
-                _col("object_id", pa.int32(), "object label, >= 1"),
-                _col("height", pa.int32(), "mask height in pixels"),
-                _col("width", pa.int32(), "mask width in pixels"),
-                _col("rle", pa.binary(), "COCO compressed RLE counts (pycocotools), ASCII"),
+                *_object_mask_columns(),
                 _col("source", pa.string(), "one of " + "/".join(SELECTION_SOURCES)),
                 _col(
                     "run_id",

@@ -309,7 +309,8 @@ def _fine_tune(
 def _finished_model(
     train: TrainConfig, layout: EngineLayout, config: NightlyConfig
 ) -> bytes | None:
-    """``model.pt`` of the training run's checkpoint at its last step, if there is one."""
+    """``model.pt`` of the training run's newest checkpoint if that is its last step (Ray Train
+    names checkpoint folders by time, so a finished run's final checkpoint is the newest)."""
     from stm_core.checkpoint import read_metadata
 
     run_dir = f"{layout.training_dir}/{train.name}"
@@ -318,11 +319,10 @@ def _finished_model(
         for f in table_io.list_files(run_dir, config.storage, suffix="model.pt")
         if f.endswith("/model.pt") and f[len(run_dir) + 1 :].startswith("checkpoint_")
     ]
-    for uri in sorted(models, reverse=True):
-        data = table_io.read_bytes(uri, config.storage)
-        if read_metadata(io.BytesIO(data)).get("step") == train.steps:
-            return data
-    return None
+    if not models:
+        return None
+    data = table_io.read_bytes(max(models), config.storage)
+    return data if read_metadata(io.BytesIO(data)).get("step") == train.steps else None
 
 
 # --- 4/5. register and promote --------------------------------------------------------------

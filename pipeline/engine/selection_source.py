@@ -24,6 +24,7 @@ from pipeline.video_readers import FrameScale, decode_frame_bytes, iter_frames
 from schemas.common import StorageOptions
 from schemas.tables import SELECTION
 from stm_core.errors import InputError
+from stm_core.training.video_clips import LazyColumn
 
 from .. import table_io
 
@@ -47,28 +48,17 @@ class SelectionVideo:
     def __init__(self, source: SelectionSource, video: _VideoFrames) -> None:
         self._source, self._video = source, video
         self.name = video.task.video_id
-        self.frames = _Column(self, 0)
-        self.masks = _Column(self, 1)
+        self.frames = LazyColumn(self, 0)
+        self.masks = LazyColumn(self, 1)
 
     def __len__(self) -> int:
         return len(self._video.indices)
 
     def get(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= position < len(self):
+            raise IndexError(position)
         frames, masks = self._source.decoded(self._video)
         return frames[position], masks[position]
-
-
-class _Column:
-    def __init__(self, owner: SelectionVideo, which: int) -> None:
-        self._owner, self._which = owner, which
-
-    def __len__(self) -> int:
-        return len(self._owner)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        if not 0 <= index < len(self._owner):
-            raise IndexError(index)
-        return self._owner.get(index)[self._which]
 
 
 class SelectionSource:

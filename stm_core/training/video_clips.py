@@ -179,8 +179,8 @@ class RenderedVideo:
     def __init__(self, plan: VideoPlan) -> None:
         self.plan = plan
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.frames = _Column(self, 0)
-        self.masks = _Column(self, 1)
+        self.frames = LazyColumn(self, 0)
+        self.masks = LazyColumn(self, 1)
 
     def __len__(self) -> int:
         return self.plan.num_frames
@@ -194,10 +194,19 @@ class RenderedVideo:
         return self._cache[index]
 
 
-class _Column:
-    """One of the two lazy sequences of a ``RenderedVideo`` or ``FolderVideo``."""
+class PairSource(Protocol):
+    """A video whose ``get(i)`` returns (frame i, mask i), e.g. ``RenderedVideo``."""
 
-    def __init__(self, owner: RenderedVideo | FolderVideo, which: int) -> None:
+    def __len__(self) -> int: ...
+
+    def get(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class LazyColumn:
+    """The frames (``which=0``) or the masks (``which=1``) of a :class:`PairSource` as a
+    sequence, so a clip sampler indexes them without the video being read whole."""
+
+    def __init__(self, owner: PairSource, which: int) -> None:
         self._owner = owner
         self._which = which
 
@@ -217,12 +226,12 @@ class FolderVideo:
     name: str
     frame_paths: tuple[Path, ...]
     mask_paths: tuple[Path, ...]
-    frames: _Column = field(init=False, repr=False)
-    masks: _Column = field(init=False, repr=False)
+    frames: LazyColumn = field(init=False, repr=False)
+    masks: LazyColumn = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.frames = _Column(self, 0)
-        self.masks = _Column(self, 1)
+        self.frames = LazyColumn(self, 0)
+        self.masks = LazyColumn(self, 1)
 
     def __len__(self) -> int:
         return len(self.frame_paths)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from corpus_factory import upload_tree
+from ray_train_watch import checkpoint_dirs, ray_latest_checkpoint, wait_for_cpus_free
 
 from pipeline import table_io
 from pipeline.corpus_job import read_checkpoint
@@ -249,7 +250,7 @@ def test_a_night_killed_in_training_and_resubmitted_makes_one_candidate(
         child.wait()
     killed_at = _recorded_step(s3_server.fs, run_dir)
     capfd.readouterr()
-    _wait_for_cpus_free()
+    wait_for_cpus_free()
 
     # The dead run's lock is still there: a resubmission right now is refused...
     with pytest.raises(LockHeldError, match="night-k"):
@@ -263,44 +264,18 @@ def test_a_night_killed_in_training_and_resubmitted_makes_one_candidate(
     candidates = [r for r in rows if r["nightly_run_id"] == "night-k"]
     assert len(candidates) == 1 and candidates[0]["checkpoint_id"] == record.candidate_id
     assert len(rows) == 2  # the root and the one candidate
-    final = _checkpoints(s3_server.fs, run_dir)[-1]
+    final = checkpoint_dirs(s3_server.fs, run_dir)[-1]
     history = json.loads(s3_server.fs.cat_file(f"{final}/history.json"))
     assert [int(step) for step, _ in history] == list(range(40))
     # Ray Train resumed the killed run from its newest checkpoint rather than starting over.
     assert f"resumed night-k-finetune at step {killed_at}" in capfd.readouterr().err
 
 
-def _checkpoints(fs, run_dir: str) -> list[str]:
-    fs.invalidate_cache(run_dir)
-    try:
-        entries = fs.ls(run_dir, detail=True)
-    except FileNotFoundError:
-        return []
-    return sorted(
-        e["name"]
-        for e in entries
-        if e["type"] == "directory" and e["name"].rsplit("/", 1)[-1].startswith("checkpoint_")
-    )
-
-
 def _recorded_step(fs, run_dir: str) -> int:
     """The step of the newest checkpoint Ray Train has recorded for the run (0 if none): what a
     resumed run starts from."""
-    path = f"{run_dir}/checkpoint_manager_snapshot.json"
-    fs.invalidate_cache(path)
-    if not fs.exists(path):
-        return 0
-    latest = json.loads(fs.cat_file(path)).get("latest_checkpoint_result") or {}
+    latest = ray_latest_checkpoint(fs, run_dir) or {}
     return int(latest.get("metrics", {}).get("step", 0))
-
-
-def _wait_for_cpus_free(timeout_s: float = 60.0) -> None:
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
-        assert time.monotonic() < deadline, "the killed run's Ray workers never went away"
-        time.sleep(0.5)
 
 
 def test_a_second_night_on_a_locked_store_does_nothing(ray_local, s3_server, s3_prefix, night_data):

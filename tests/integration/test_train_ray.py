@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ray_train_watch import checkpoint_dirs, ray_latest_checkpoint, wait_for_cpus_free
 
 from schemas.common import StorageOptions
 from schemas.training import TrainConfig
 
 CHECKPOINT_FILES = {"model.pt", "trainer.pt", "history.json", "loss_curve.png"}
 # Ray Train V2's record of reported checkpoints, read on resume (ray/train/v2/_internal/constants).
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 KILL_TIMEOUT_S = 150.0
 
 
@@ -51,33 +51,9 @@ def tiny_config(storage_path: str, storage: StorageOptions, name: str, steps: in
     )
 
 
-def checkpoint_dirs(fs: Any, run_dir: str) -> list[str]:
-    """Ray's checkpoint directories under ``run_dir`` (bucket/key, no scheme), oldest first:
-    their names are ``checkpoint_<timestamp>``, which sorts by time."""
-    fs.invalidate_cache(run_dir)
-    if not fs.exists(run_dir):
-        return []
-    return sorted(
-        entry["name"]
-        for entry in fs.ls(run_dir, detail=True)
-        if entry["type"] == "directory"
-        and entry["name"].rsplit("/", 1)[-1].startswith("checkpoint_")
-    )
-
-
 def read_history(fs: Any, checkpoint_dir: str) -> list[list[float]]:
     """``history.json`` of a checkpoint: ``[[step, loss], ...]``."""
     return json.loads(fs.cat_file(f"{checkpoint_dir}/history.json"))
-
-
-def ray_latest_checkpoint(fs: Any, run_dir: str) -> dict | None:
-    """The newest checkpoint in Ray's snapshot (what a resumed run gets from
-    ``ray.train.get_checkpoint()``): ``{"checkpoint_dir_name": ..., "metrics": {...}}``."""
-    path = f"{run_dir}/{RAY_SNAPSHOT}"
-    fs.invalidate_cache(path)
-    if not fs.exists(path):
-        return None
-    return json.loads(fs.cat_file(path)).get("latest_checkpoint_result")
 
 
 def run_dir_of(config: TrainConfig) -> str:
@@ -117,16 +93,6 @@ def start_child_fit(
             env=env,
         )
     return child, log_path
-
-
-def wait_for_cpus_free(timeout_s: float = 60.0) -> None:
-    """Block until no Ray task or actor holds a CPU (a killed driver's workers are gone)."""
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
-        assert time.monotonic() < deadline, "the killed run's Ray workers never went away"
-        time.sleep(0.5)
 
 
 def test_storage_paths_for_ray_train(tmp_path, monkeypatch):
