@@ -19,6 +19,9 @@ class DataConfig(StrictModel):
     video_length: int = Field(40, ge=3)
     max_skip_start: int = Field(0, ge=0)
     max_skip_end: int = Field(25, ge=0)
+    # Synthetic images repainted in random colours (stm_core.training.textures.recolour): the
+    # training photos are few, and a network that remembers their colours fails on new ones.
+    recolour_prob: float = Field(0.0, ge=0.0, le=1.0)
     # A data-engine selection table (schemas.tables.SELECTION) over the videos of corpus_uri:
     # its selected frames and masks become a source drawn with probability selection_prob.
     selection_uri: str | None = None

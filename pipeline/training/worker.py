@@ -64,6 +64,7 @@ def build_dataset(config: TrainConfig) -> ClipDataset:
         video_length=config.data.video_length,
         sources=sources,
         source_prob=prob if sources else 0.0,
+        recolour_prob=config.data.recolour_prob,
     )
 
 

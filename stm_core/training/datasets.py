@@ -41,6 +41,9 @@ class ClipDataset(Dataset):
       video of ``video_length`` frames (longer if the skip needs it; only the sampled frames
       are rendered) or, with probability ``source_prob``, from a random video of ``sources``
       (on-disk DAVIS / YouTube-VOS folders, scaled by ``scale_range``).
+
+    ``recolour_prob`` repaints synthetic imagery (``plan_video``): more colours than the photos
+    have, so matching by colour is learnt instead of remembering the photos.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class ClipDataset(Dataset):
         source_prob: float = 0.5,
         scale_range: tuple[float, float] | None = None,
         split: Split = "train",
+        recolour_prob: float = 0.0,
     ) -> None:
         if length < 1:
             raise InputError("length", f"must be >= 1, got {length}")
@@ -76,6 +80,7 @@ class ClipDataset(Dataset):
         self.source_prob = source_prob
         self.scale_range = scale_range
         self.split: Split = split
+        self.recolour_prob = recolour_prob
 
     def __len__(self) -> int:
         return self.length
@@ -95,7 +100,9 @@ class ClipDataset(Dataset):
     def _static(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         for _ in range(_RETRIES):
             pair_seed = int(rng.integers(2**31))
-            image, labels = procedural_pair(pair_seed, self._scaled_size(rng), None, self.split)
+            image, labels = procedural_pair(
+                pair_seed, self._scaled_size(rng), None, self.split, self.recolour_prob
+            )
             try:
                 return static_clip(image, labels, rng, self.num_frames, self.crop, self.max_objects)
             except InputError as err:  # every object hidden: draw another picture
@@ -114,7 +121,14 @@ class ClipDataset(Dataset):
                 # Long enough that the largest skip fits (a plan's length costs nothing), and
                 # crop-sized: its camera already pans and zooms, and pixels cost time.
                 length = max(self.video_length, (self.num_frames - 1) * (self.max_skip + 1) + 1)
-                plan = plan_video(video_seed, length, self.crop, num_objects, self.split)
+                plan = plan_video(
+                    video_seed,
+                    length,
+                    self.crop,
+                    num_objects,
+                    self.split,
+                    recolour_prob=self.recolour_prob,
+                )
                 rendered = RenderedVideo(plan)
                 frames, masks, scale = rendered.frames, rendered.masks, None
                 where = f"synthetic video {video_seed}"

@@ -246,17 +246,24 @@ def static_clip(
 
 
 def procedural_pair(
-    seed: int, size: tuple[int, int], num_objects: int | None = None, split: Split = "train"
+    seed: int,
+    size: tuple[int, int],
+    num_objects: int | None = None,
+    split: Split = "train",
+    recolour_prob: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """An (image H x W x 3 uint8, label map H x W uint8) pair: objects pasted on a background.
 
     A one-frame synthetic video with a still camera (see ``synthetic_video``): photo/texture
     background
     with unlabelled distractors, ``num_objects`` labelled shapes (1..4 drawn from the seed when
-    None) that may overlap. Deterministic from (seed, split).
+    None) that may overlap. Deterministic from (seed, split); ``recolour_prob`` as in
+    ``plan_video``.
     """
     if num_objects is None:
         num_objects = int(split_rng(seed, split, _PAIR_PURPOSE).integers(1, 5))
-    plan = plan_video(seed, 1, size, num_objects, split, camera_motion=False)
+    plan = plan_video(
+        seed, 1, size, num_objects, split, camera_motion=False, recolour_prob=recolour_prob
+    )
     image, labels = render_frame(plan, 0)[:2]
     return image, labels

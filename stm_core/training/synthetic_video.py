@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,13 +44,17 @@ from .textures import (
     linear_colour,
     photo_patch,
     random_texture,
+    recolour,
 )
+
+Paint = Callable[[np.ndarray], np.ndarray]
 
 logger = logging.getLogger(__name__)
 
 _SPLIT_TAGS = {"train": 11, "heldout": 23}
 _PLAN_PURPOSE = 0
 _EVENT_PURPOSE = 1
+_RECOLOUR_PURPOSE = 4  # 2 and 3 are taken by static_clips and heldout
 _MAX_OBJECTS = 255
 _MIN_SIDE = 16
 
@@ -234,7 +238,11 @@ def _jitter_colours(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _make_sprite_image(
-    rng: np.random.Generator, radius: float, split: Split, avoid_photo: str | None
+    rng: np.random.Generator,
+    radius: float,
+    split: Split,
+    avoid_photo: str | None,
+    paint: Paint | None = None,
 ) -> tuple[Image.Image, tuple[float, float]]:
     """RGBA patch: texture from a photo (not ``avoid_photo``) or a procedural texture, alpha =
     a random shape; sometimes shaded darker toward the rim so it reads as a solid thing.
@@ -254,6 +262,8 @@ def _make_sprite_image(
     else:
         names = [n for n in image_names(split) if n != avoid_photo]
         colours = photo_patch(rng, size, split, names[int(rng.integers(len(names)))])
+    if paint is not None:
+        colours = paint(colours)
     if rng.random() < 0.5:
         colours = _jitter_colours(colours, rng)
     if rng.random() < 0.5:
@@ -289,6 +299,7 @@ def _plan_sprite(
     avoid_photo: str | None,
     start: tuple[float, float],
     radius_range: tuple[float, float] = (0.1, 0.28),
+    paint: Paint | None = None,
 ) -> Sprite:
     """A sprite starting at ``start`` (x, y px); radius is ``radius_range`` x the frame's short
     side; ``object_id`` 0 makes an unlabelled distractor."""
@@ -296,7 +307,7 @@ def _plan_sprite(
     short = min(height, width)
     diag = math.hypot(height, width)
     radius = short * rng.uniform(*radius_range)
-    rgba, anchor = _make_sprite_image(rng, radius, split, avoid_photo)
+    rgba, anchor = _make_sprite_image(rng, radius, split, avoid_photo, paint)
     side = max(rgba.size)
 
     def centre_path(start_value: float, extent: float) -> SmoothPath:
@@ -348,7 +359,7 @@ def _plan_sprite(
 
 
 def _background(
-    rng: np.random.Generator, size: tuple[int, int], split: Split
+    rng: np.random.Generator, size: tuple[int, int], split: Split, paint: Paint | None = None
 ) -> tuple[Image.Image, str | None]:
     """Background image (RGB, ``size`` = (H, W)) with 0-3 unlabelled distractors baked in.
 
@@ -362,17 +373,33 @@ def _background(
         names = image_names(split)
         photo = names[int(rng.integers(len(names)))]
         pixels = photo_patch(rng, size, split, photo)
+    if paint is not None:
+        pixels = paint(pixels)
     image = Image.fromarray(pixels, mode="RGB")
     height, width = size
     for _ in range(int(rng.integers(0, 4))):
         radius = min(height, width) * rng.uniform(0.05, 0.15)
-        distractor, _ = _make_sprite_image(rng, radius, split, photo)
+        distractor, _ = _make_sprite_image(rng, radius, split, photo, paint)
         angle = rng.uniform(0, 360)
         distractor = distractor.rotate(angle, Image.Resampling.BILINEAR, expand=True)
         px = int(rng.uniform(0, width - distractor.size[0]))
         py = int(rng.uniform(0, height - distractor.size[1]))
         image.paste(distractor, (px, py), distractor)
     return image, photo
+
+
+def _painter(seed: int, split: Split, prob: float) -> Paint | None:
+    """The repainting step of one plan (None when ``prob`` is 0), on its own random stream."""
+    if not 0.0 <= prob <= 1.0:
+        raise InputError("recolour_prob", f"must be in [0, 1], got {prob}")
+    if prob == 0.0:
+        return None
+    rng = split_rng(seed, split, _RECOLOUR_PURPOSE)
+
+    def paint(pixels: np.ndarray) -> np.ndarray:
+        return recolour(pixels, rng) if rng.random() < prob else pixels
+
+    return paint
 
 
 def _check_args(num_frames: int, size: tuple[int, int], num_objects: int) -> None:
@@ -391,20 +418,25 @@ def plan_video(
     num_objects: int,
     split: Split = "train",
     camera_motion: bool = True,
+    recolour_prob: float = 0.0,
 ) -> VideoPlan:
     """Draw a video plan from ``seed``: cheap (a few ms); render frames with ``render_frame``.
 
     ``camera_motion=False`` keeps the camera still and the background frame-sized: for single
     pictures (``static_clips.procedural_pair``), where a bigger background would only cost time.
+    ``recolour_prob``: each background and sprite image is repainted (``textures.recolour``)
+    with this probability. The repainting draws from its own stream, so geometry, motion and
+    masks are those of ``recolour_prob=0`` and the default leaves every video as it was.
     """
     _check_args(num_frames, size, num_objects)
     rng = split_rng(seed, split, _PLAN_PURPOSE)
+    paint = _painter(seed, split, recolour_prob)
     height, width = size
 
     # Camera: the view (at most frame-sized since zoom >= 1) stays inside the background.
     bg_scale = rng.uniform(1.25, 1.5) if camera_motion else 1.0
     bg_h, bg_w = int(math.ceil(height * bg_scale)), int(math.ceil(width * bg_scale))
-    background, photo = _background(rng, (bg_h, bg_w), split)
+    background, photo = _background(rng, (bg_h, bg_w), split, paint)
     max_roll = 0.05 if rng.random() < 0.7 and camera_motion else 0.0
     half_w = width / 2 + height / 2 * math.sin(max_roll)
     half_h = height / 2 + width / 2 * math.sin(max_roll)
@@ -457,14 +489,14 @@ def plan_video(
             sy = rng.uniform(0.15, 0.85) * height
         starts.append((sx, sy))
     sprites = [
-        _plan_sprite(rng, object_id, size, split, photo, starts[object_id - 1])
+        _plan_sprite(rng, object_id, size, split, photo, starts[object_id - 1], paint=paint)
         for object_id in range(1, num_objects + 1)
     ]
     # Moving but unlabelled distractors (id 0): not everything that moves is a target, and
     # they occlude targets the way unannotated things do in real videos.
     for _ in range(int(rng.choice([0, 0, 1, 2]))):
         start = (rng.uniform(0.0, 1.0) * width, rng.uniform(0.0, 1.0) * height)
-        sprites.append(_plan_sprite(rng, 0, size, split, photo, start, (0.06, 0.15)))
+        sprites.append(_plan_sprite(rng, 0, size, split, photo, start, (0.06, 0.15), paint))
     order = rng.permutation(len(sprites))
     sprites = [sprites[i] for i in order]
 
@@ -636,13 +668,19 @@ def make_video_stream(
 
 
 def make_video(
-    seed: int, num_frames: int, size: tuple[int, int], num_objects: int, split: Split = "train"
+    seed: int,
+    num_frames: int,
+    size: tuple[int, int],
+    num_objects: int,
+    split: Split = "train",
+    recolour_prob: float = 0.0,
 ) -> SyntheticVideo:
     """Render a whole synthetic video: frames T x H x W x 3 uint8, masks T x H x W uint8 (1..N).
 
-    ``size`` is (H, W). Deterministic from (seed, split). About 10-25 ms per 240 x 432 frame.
+    ``size`` is (H, W). Deterministic from (seed, split, recolour_prob; see ``plan_video``).
+    About 10-25 ms per 240 x 432 frame.
     """
-    plan = plan_video(seed, num_frames, size, num_objects, split)
+    plan = plan_video(seed, num_frames, size, num_objects, split, recolour_prob=recolour_prob)
     height, width = size
     frames = np.empty((num_frames, height, width, 3), np.uint8)
     masks = np.empty((num_frames, height, width), np.uint8)

@@ -18,6 +18,7 @@ pair, so only one name of each is used. Images that scikit-image would have to d
 from __future__ import annotations
 
 import logging
+import math
 from functools import cache
 from typing import Literal
 
@@ -336,3 +337,41 @@ def jitter_matrix(
     matrix = scale @ saturate * contrast
     offset = scale @ saturate @ ((1.0 - contrast) * np.asarray(mean, np.float64))
     return matrix, offset
+
+
+RECOLOUR_KINDS: tuple[str, ...] = ("hue", "channels", "palette")
+
+
+def hue_rotation(angle: float) -> np.ndarray:
+    """3 x 3 matrix rotating RGB colours by ``angle`` radians about the grey axis (hue shift
+    that keeps greys grey)."""
+    cos, sin = math.cos(angle), math.sin(angle)
+    third, root = 1.0 / 3.0, math.sqrt(1.0 / 3.0)
+    a = cos + (1.0 - cos) * third
+    b = third * (1.0 - cos) - root * sin
+    c = third * (1.0 - cos) + root * sin
+    return np.array([[a, b, c], [c, a, b], [b, c, a]])
+
+
+def recolour(pixels: np.ndarray, rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
+    """Repaint imagery in colours its photo never had; H x W x 3 uint8 -> same.
+
+    Why: there are only a dozen training photos, so a network can learn "this photo's colours are
+    an object" instead of matching what the memory frame shows; the held-out photos then fool it.
+    Repainting keeps a photo's structure (edges, texture, shading) and changes its colours:
+    ``hue`` rotates hues by 60-300 degrees, ``channels`` permutes R, G, B (never the identity),
+    ``palette`` maps the luminance through a random 2-3 colour ramp (see ``colourize``).
+    """
+    if kind is None:
+        kind = RECOLOUR_KINDS[int(rng.integers(len(RECOLOUR_KINDS)))]
+    if kind == "hue":
+        angle = rng.uniform(math.pi / 3, 5 * math.pi / 3)
+        return linear_colour(pixels, hue_rotation(angle), np.zeros(3))
+    if kind == "channels":
+        orders = [(0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
+        order = orders[int(rng.integers(len(orders)))]
+        return np.ascontiguousarray(pixels[..., list(order)])
+    if kind == "palette":
+        luminance = Image.fromarray(pixels, mode="RGB").convert("L")
+        return colourize(np.asarray(luminance, dtype=np.float32) / 255.0, rng)
+    raise InputError("kind", f"unknown recolour kind {kind!r}; expected one of {RECOLOUR_KINDS}")

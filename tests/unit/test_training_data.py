@@ -216,6 +216,67 @@ def test_large_textures_are_drawn_at_half_size_and_upsampled() -> None:
     assert big.shape == (100, 130, 3)
 
 
+def _photo(size: tuple[int, int] = (48, 64)) -> np.ndarray:
+    return textures.photo_patch(np.random.default_rng(0), size, "train", "coffee")
+
+
+def test_recolour_hue_keeps_greys_and_changes_colours() -> None:
+    photo = _photo()
+    photo[:4] = 128  # a grey band
+    out = textures.recolour(photo, np.random.default_rng(5), "hue")
+    assert out.shape == photo.shape and out.dtype == np.uint8
+    assert np.abs(out[:4].astype(int) - 128).max() <= 1
+    # Rotating by 60-300 degrees moves the mean colour of the coloured part a lot.
+    diff = np.abs(out[4:].astype(float).mean((0, 1)) - photo[4:].astype(float).mean((0, 1)))
+    assert diff.max() > 10
+
+
+def test_hue_rotation_is_a_rotation_about_grey() -> None:
+    m = textures.hue_rotation(1.1)
+    np.testing.assert_allclose(m @ np.ones(3), np.ones(3), atol=1e-12)
+    np.testing.assert_allclose(m @ m.T, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(textures.hue_rotation(0.0), np.eye(3), atol=1e-12)
+
+
+def test_recolour_channels_is_a_non_identity_permutation() -> None:
+    photo = _photo()
+    for seed in range(8):
+        out = textures.recolour(photo, np.random.default_rng(seed), "channels")
+        order = [
+            next(c for c in range(3) if np.array_equal(out[..., k], photo[..., c]))
+            for k in range(3)
+        ]
+        assert sorted(order) == [0, 1, 2] and order != [0, 1, 2]
+
+
+def test_recolour_palette_keeps_structure_and_is_seeded() -> None:
+    photo = _photo()
+    a = textures.recolour(photo, np.random.default_rng(2), "palette")
+    b = textures.recolour(photo, np.random.default_rng(2), "palette")
+    np.testing.assert_array_equal(a, b)
+    # The new colour is a function of the old luminance (so edges and texture stay), and not
+    # a constant one.
+    lum = np.asarray(Image.fromarray(photo).convert("L")).ravel()
+    colours = a.reshape(-1, 3)
+    for level in np.unique(lum)[::7]:
+        assert len(np.unique(colours[lum == level], axis=0)) == 1
+    assert len(np.unique(colours, axis=0)) > 20
+    with pytest.raises(InputError, match="recolour kind"):
+        textures.recolour(photo, np.random.default_rng(2), "sepia")
+
+
+def test_recoloured_video_has_the_same_masks_and_new_colours() -> None:
+    plain = make_video(4, 6, SIZE, 2)
+    repainted = make_video(4, 6, SIZE, 2, recolour_prob=1.0)
+    np.testing.assert_array_equal(plain.masks, repainted.masks)
+    assert np.abs(plain.frames.astype(int) - repainted.frames.astype(int)).mean() > 10
+    np.testing.assert_array_equal(make_video(4, 6, SIZE, 2, recolour_prob=0.0).frames, plain.frames)
+    again = make_video(4, 6, SIZE, 2, recolour_prob=1.0)
+    np.testing.assert_array_equal(again.frames, repainted.frames)
+    with pytest.raises(InputError, match="recolour_prob"):
+        make_video(4, 6, SIZE, 2, recolour_prob=1.5)
+
+
 # --------------------------------------------------------------------------- stage 1
 
 
@@ -453,6 +514,14 @@ def test_clip_dataset_items_and_determinism(stage: str) -> None:
     assert not torch.equal(item["frames"], ds[3]["frames"])
     with pytest.raises(IndexError):
         ds[10]
+
+
+@pytest.mark.parametrize("stage", ["static", "video"])
+def test_clip_dataset_recolour_changes_pixels_not_masks(stage: str) -> None:
+    plain = ClipDataset(4, seed=3, stage=stage, crop=(48, 48))[1]
+    repainted = ClipDataset(4, seed=3, stage=stage, crop=(48, 48), recolour_prob=1.0)[1]
+    assert torch.equal(plain["masks"], repainted["masks"])
+    assert not torch.equal(plain["frames"], repainted["frames"])
 
 
 def test_clip_dataset_uses_folder_sources_and_skip_setter(tmp_path: Path) -> None:

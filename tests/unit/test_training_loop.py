@@ -19,6 +19,7 @@ import torch.nn as nn
 import yaml
 from pydantic import ValidationError
 
+from pipeline.training.worker import build_dataset
 from schemas.training import TrainConfig
 from stm_core import STM, load_model
 from stm_core.checkpoint import read_metadata
@@ -180,6 +181,7 @@ def test_batchnorm_freezing(fixed_batch, frozen):
         ({"stage": "pretrain"}, "stage"),
         ({"steps": 0}, "steps"),
         ({"data": {"seed": 0, "max_skip_start": 5, "max_skip_end": 2}}, "max_skip_end"),
+        ({"data": {"recolour_prob": 1.5}}, "recolour_prob"),
     ],
 )
 def test_train_config_errors_name_the_field(settings, field):
@@ -192,6 +194,12 @@ def test_train_config_bn_frozen_default_follows_the_stage():
     assert TrainConfig(stage="static").bn_frozen is False
     assert TrainConfig(stage="video").bn_frozen is True
     assert TrainConfig(stage="video", freeze_bn=False).bn_frozen is False
+
+
+def test_train_config_recolour_reaches_the_dataset():
+    assert build_dataset(TrainConfig()).recolour_prob == 0.0
+    config = TrainConfig.model_validate({"data": {"recolour_prob": 0.5}})
+    assert build_dataset(config).recolour_prob == 0.5
 
 
 # --- local runner and CLI -------------------------------------------------------------------
