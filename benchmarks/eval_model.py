@@ -3,7 +3,9 @@
     python -m benchmarks.eval_model --checkpoint stm_core/assets/stm_resnet18_synthetic.pt
 
 Held-out synthetic videos come from photos and seeds training never uses; the real clips
-(../shared/data/real) are evaluation-only. Every object is seeded on its first annotated frame.
+(../shared/data/real) are evaluation-only. ``--seen-photos N`` also scores N new videos made
+from the training photos: the gap to the held-out score is how much the model leans on the
+photos it was trained on. Every object is seeded on its first annotated frame.
 Writes JSON (default benchmarks/results/model_eval.json) and prints one table per set.
 """
 
@@ -20,10 +22,11 @@ import torch
 from stm_core import load_model
 from stm_core.evaluation import evaluate_root
 from stm_core.metrics import format_table
-from stm_core.training.heldout import heldout_videos, save_as_davis
+from stm_core.training.heldout import evaluation_videos, heldout_videos, save_as_davis
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 HELDOUT_SEED_BASE = 0  # the README's held-out evaluation set
+SEEN_SEED_BASE = 1000  # --seen-photos videos: training photos, seeds from here
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--heldout", type=int, default=12, help="held-out synthetic videos")
     parser.add_argument("--frames", type=int, default=30, help="frames per synthetic video")
+    parser.add_argument(
+        "--seen-photos", type=int, default=0, help="synthetic videos of the training photos"
+    )
     parser.add_argument("--real", type=Path, default=REAL_DATA)
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
@@ -47,6 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         result["heldout_synthetic"] = evaluate_root(model, Path(tmp))
     print("held-out synthetic (J, F, J&F in %)")
     print(format_table(result["heldout_synthetic"]))
+    if args.seen_photos:
+        with tempfile.TemporaryDirectory() as tmp:
+            videos = evaluation_videos(
+                args.seen_photos, args.frames, seed_base=SEEN_SEED_BASE, split="train"
+            )
+            save_as_davis(videos, tmp)
+            result["seen_photos_synthetic"] = evaluate_root(model, Path(tmp))
+        print("\nsynthetic videos of the training photos (J, F, J&F in %)")
+        print(format_table(result["seen_photos_synthetic"]))
     if not args.skip_real and args.real.is_dir():
         result["real"] = evaluate_root(model, args.real)
         print("\nreal clips (J, F, J&F in %)")

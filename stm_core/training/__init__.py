@@ -11,7 +11,7 @@
 """
 
 from .datasets import ClipDataset, collate_clips, one_hot_masks
-from .heldout import heldout_videos, save_as_davis
+from .heldout import evaluation_videos, heldout_videos, save_as_davis
 from .static_clips import colour_jitter, keep_objects, procedural_pair, static_clip
 from .synthetic_video import (
     SyntheticVideo,
@@ -41,6 +41,7 @@ __all__ = [
     "SyntheticVideo",
     "VideoPlan",
     "colour_jitter",
+    "evaluation_videos",
     "heldout_videos",
     "image_names",
     "keep_objects",

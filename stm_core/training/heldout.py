@@ -18,6 +18,7 @@ from PIL import Image
 from ..errors import InputError
 from ..io import write_mask
 from .synthetic_video import SyntheticVideo, make_video, split_rng
+from .textures import Split
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,21 @@ def heldout_videos(
     (behind another object or a distractor) is skipped and the next seed is tried; the names
     (``synth-heldout-<seed>``) say which seeds were used.
     """
+    return evaluation_videos(n, num_frames, size, seed_base, num_objects, "heldout")
+
+
+def evaluation_videos(
+    n: int,
+    num_frames: int = 30,
+    size: tuple[int, int] = (240, 432),
+    seed_base: int = 0,
+    num_objects: int | None = None,
+    split: Split = "heldout",
+) -> list[SyntheticVideo]:
+    """Like ``heldout_videos`` for either split. ``split="train"`` gives videos of the training
+    photos (training draws its video seeds from 0..2**31, so these exact videos are almost surely
+    unseen): the gap between the two splits' scores measures how much a model depends on the
+    photos it was trained on."""
     if n < 1:
         raise InputError("n", f"must be >= 1, got {n}")
     videos: list[SyntheticVideo] = []
@@ -45,16 +61,16 @@ def heldout_videos(
     while len(videos) < n:
         count = num_objects
         if count is None:
-            count = int(split_rng(seed, "heldout", _COUNT_PURPOSE).integers(1, 4))
-        video = make_video(seed, num_frames, size, count, "heldout")
+            count = int(split_rng(seed, split, _COUNT_PURPOSE).integers(1, 4))
+        video = make_video(seed, num_frames, size, count, split)
         present = np.unique(video.masks[0])
         if set(range(1, count + 1)) <= set(present.tolist()):
             videos.append(video)
         else:
-            logger.debug("held-out seed %d hides an object on frame 0, skipped", seed)
+            logger.debug("%s seed %d hides an object on frame 0, skipped", split, seed)
         seed += 1
         if seed - seed_base > 20 * n + 100:
-            raise InputError("heldout_videos", "too many seeds hide an object on frame 0")
+            raise InputError("evaluation_videos", "too many seeds hide an object on frame 0")
     return videos
 
 

@@ -22,6 +22,7 @@ from stm_core.training import (
     ClipDataset,
     FolderVideoSource,
     collate_clips,
+    evaluation_videos,
     heldout_videos,
     make_video,
     make_video_stream,
@@ -474,6 +475,23 @@ def test_heldout_videos_save_as_davis_and_load_back(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.masks[3], videos[0].masks[3])
     jpeg_error = np.abs(loaded.frames[3].astype(int) - videos[0].frames[3].astype(int)).mean()
     assert jpeg_error < 8
+
+
+def test_evaluation_videos_of_the_training_photos(monkeypatch: pytest.MonkeyPatch) -> None:
+    used: list[str] = []
+    original = textures.load_image
+    monkeypatch.setattr(textures, "load_image", lambda name: used.append(name) or original(name))
+    videos = evaluation_videos(3, num_frames=3, size=SIZE, seed_base=1000, split="train")
+    assert [v.name.startswith("synth-train-") for v in videos] == [True] * 3
+    for video in videos:
+        first = set(np.unique(video.masks[0]).tolist()) - {0}
+        assert first == set(range(1, video.num_objects + 1))
+    assert used and set(used) <= set(TRAIN_IMAGES)
+    # The held-out set is this function on the held-out split.
+    heldout = heldout_videos(1, num_frames=3, size=SIZE, seed_base=5)[0]
+    same = evaluation_videos(1, num_frames=3, size=SIZE, seed_base=5, split="heldout")[0]
+    assert heldout.name == same.name
+    np.testing.assert_array_equal(heldout.frames, same.frames)
 
 
 def test_folder_source_uses_only_annotated_frames(tmp_path: Path) -> None:
