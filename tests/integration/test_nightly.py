@@ -49,11 +49,13 @@ from stm_core.training.heldout import save_as_davis
 REPO = Path(__file__).resolve().parents[2]
 SIZE = (96, 160)
 CORPUS_SEEDS, HELDOUT_SEEDS = 3000, 4000  # disjoint: the gate never scores a corpus video
+# Twelve steps must move the shipped model clearly on its held-out night footage: at lr 1e-4 the
+# v2 model gained 0.5 J&F points (below the 1-point gate margin), at 3e-4 about 15.
 TRAIN = {
     "steps": 12,
     "crop": [96, 96],
     "batch_size": 4,
-    "lr": 1e-4,
+    "lr": 3e-4,
     "warmup_steps": 2,
     "checkpoint_every": 4,
     "threads_per_worker": 2,
