@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline.training.worker import build_dataset
+from schemas.common import load_config
 from schemas.training import TrainConfig
 from stm_core import STM, load_model
 from stm_core.checkpoint import read_metadata
@@ -200,6 +201,21 @@ def test_train_config_recolour_reaches_the_dataset():
     assert build_dataset(TrainConfig()).recolour_prob == 0.0
     config = TrainConfig.model_validate({"data": {"recolour_prob": 0.5}})
     assert build_dataset(config).recolour_prob == 0.5
+
+
+TRAIN_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("train_*.yaml"))
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.name)
+def test_shipped_training_configs_load(path):
+    """The configs that made the shipped model stay valid as the schema changes, and each names
+    its run after its file, so a copied config never resumes another stage's run."""
+    config = load_config(TrainConfig, path)
+    assert config.name == path.stem.replace("train_", "stm-").replace("_", "-")
+
+
+def test_there_are_training_configs_to_check():
+    assert len(TRAIN_CONFIGS) >= 4
 
 
 # --- local runner and CLI -------------------------------------------------------------------
