@@ -22,6 +22,11 @@ class DataConfig(StrictModel):
     # Synthetic images repainted in random colours (stm_core.training.textures.recolour): the
     # training photos are few, and a network that remembers their colours fails on new ones.
     recolour_prob: float = Field(0.0, ge=0.0, le=1.0)
+    # Synthetic videos that get 1-3 unlabelled distractors drawn like objects, so "a big pasted
+    # shape is a target" stops working and the memory must tell targets apart.
+    lookalike_prob: float = Field(0.0, ge=0.0, le=1.0)
+    # Clips filmed through a random dim / flat / tinted / grainy sensor look (both stages).
+    sensor_look_prob: float = Field(0.0, ge=0.0, le=1.0)
     # A data-engine selection table (schemas.tables.SELECTION) over the videos of corpus_uri:
     # its selected frames and masks become a source drawn with probability selection_prob.
     selection_uri: str | None = None

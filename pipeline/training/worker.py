@@ -65,6 +65,8 @@ def build_dataset(config: TrainConfig) -> ClipDataset:
         sources=sources,
         source_prob=prob if sources else 0.0,
         recolour_prob=config.data.recolour_prob,
+        lookalike_prob=config.data.lookalike_prob,
+        sensor_look_prob=config.data.sensor_look_prob,
     )
 
 

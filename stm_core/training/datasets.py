@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError
+from .sensor_looks import sensor_look
 from .static_clips import procedural_pair, static_clip
 from .synthetic_video import plan_video
 from .textures import Split
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 Stage = Literal["static", "video"]
 _RETRIES = 5
+_LOOK_TAG = 7  # the sensor-look stream of an item: its other draws stay as they were
 
 
 class ClipDataset(Dataset):
@@ -44,6 +46,10 @@ class ClipDataset(Dataset):
 
     ``recolour_prob`` repaints synthetic imagery (``plan_video``): more colours than the photos
     have, so matching by colour is learnt instead of remembering the photos.
+    ``lookalike_prob`` adds object-sized unlabelled distractors to synthetic videos
+    (``plan_video``); ``sensor_look_prob`` films a clip through a dim, flat, tinted or grainy
+    sensor (``sensor_looks.sensor_look``). Each draws from its own stream, so at 0 every item is
+    what it was.
     """
 
     def __init__(
@@ -61,6 +67,8 @@ class ClipDataset(Dataset):
         scale_range: tuple[float, float] | None = None,
         split: Split = "train",
         recolour_prob: float = 0.0,
+        lookalike_prob: float = 0.0,
+        sensor_look_prob: float = 0.0,
     ) -> None:
         if length < 1:
             raise InputError("length", f"must be >= 1, got {length}")
@@ -81,6 +89,14 @@ class ClipDataset(Dataset):
         self.scale_range = scale_range
         self.split: Split = split
         self.recolour_prob = recolour_prob
+        for name, prob in (
+            ("lookalike_prob", lookalike_prob),
+            ("sensor_look_prob", sensor_look_prob),
+        ):
+            if not 0.0 <= prob <= 1.0:
+                raise InputError(name, f"must be in [0, 1], got {prob}")
+        self.lookalike_prob = lookalike_prob
+        self.sensor_look_prob = sensor_look_prob
 
     def __len__(self) -> int:
         return self.length
@@ -128,6 +144,7 @@ class ClipDataset(Dataset):
                     num_objects,
                     self.split,
                     recolour_prob=self.recolour_prob,
+                    lookalike_prob=self.lookalike_prob,
                 )
                 rendered = RenderedVideo(plan)
                 frames, masks, scale = rendered.frames, rendered.masks, None
@@ -153,6 +170,12 @@ class ClipDataset(Dataset):
         stage_tag = 0 if self.stage == "static" else 1
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, index, stage_tag]))
         frames, masks = self._static(rng) if self.stage == "static" else self._video(rng)
+        if self.sensor_look_prob > 0.0:
+            look_rng = np.random.default_rng(
+                np.random.SeedSequence([self.seed, index, stage_tag, _LOOK_TAG])
+            )
+            if look_rng.random() < self.sensor_look_prob:
+                frames = sensor_look(frames, look_rng)
         return {
             # numpy converts uint8 -> float32 several times faster than torch's .float() here
             "frames": torch.from_numpy(

@@ -55,6 +55,7 @@ _SPLIT_TAGS = {"train": 11, "heldout": 23}
 _PLAN_PURPOSE = 0
 _EVENT_PURPOSE = 1
 _RECOLOUR_PURPOSE = 4  # 2 and 3 are taken by static_clips and heldout
+_LOOKALIKE_PURPOSE = 5
 _MAX_OBJECTS = 255
 _MIN_SIDE = 16
 
@@ -402,6 +403,35 @@ def _painter(seed: int, split: Split, prob: float) -> Paint | None:
     return paint
 
 
+def _lookalikes(
+    seed: int,
+    split: Split,
+    size: tuple[int, int],
+    photo: str | None,
+    sprites: list[Sprite],
+    prob: float,
+    paint: Paint | None,
+) -> list[Sprite]:
+    """``sprites`` with, at probability ``prob``, 1-3 unlabelled distractors of object size
+    inserted at random depths.
+
+    Why: the plan's own distractors are smaller than objects, so a network can learn "a big
+    pasted shape is a target" and never consult its memory; on new imagery that shortcut labels
+    every salient thing (held-out videos showed it). Distractors that look like objects leave
+    the memory of frame 0 as the only way to tell them apart.
+    """
+    rng = split_rng(seed, split, _LOOKALIKE_PURPOSE)
+    if rng.random() >= prob:
+        return sprites
+    height, width = size
+    out = list(sprites)
+    for _ in range(int(rng.integers(1, 4))):
+        start = (rng.uniform(0.1, 0.9) * width, rng.uniform(0.1, 0.9) * height)
+        extra = _plan_sprite(rng, 0, size, split, photo, start, paint=paint)
+        out.insert(int(rng.integers(len(out) + 1)), extra)
+    return out
+
+
 def _check_args(num_frames: int, size: tuple[int, int], num_objects: int) -> None:
     if num_frames < 1:
         raise InputError("num_frames", f"must be >= 1, got {num_frames}")
@@ -419,6 +449,7 @@ def plan_video(
     split: Split = "train",
     camera_motion: bool = True,
     recolour_prob: float = 0.0,
+    lookalike_prob: float = 0.0,
 ) -> VideoPlan:
     """Draw a video plan from ``seed``: cheap (a few ms); render frames with ``render_frame``.
 
@@ -427,8 +458,13 @@ def plan_video(
     ``recolour_prob``: each background and sprite image is repainted (``textures.recolour``)
     with this probability. The repainting draws from its own stream, so geometry, motion and
     masks are those of ``recolour_prob=0`` and the default leaves every video as it was.
+    ``lookalike_prob``: with this probability the plan gets 1-3 more unlabelled distractors
+    drawn like objects (same sizes, textures and motion; see ``_lookalikes``), also from their
+    own stream, so the default leaves every video as it was.
     """
     _check_args(num_frames, size, num_objects)
+    if not 0.0 <= lookalike_prob <= 1.0:
+        raise InputError("lookalike_prob", f"must be in [0, 1], got {lookalike_prob}")
     rng = split_rng(seed, split, _PLAN_PURPOSE)
     paint = _painter(seed, split, recolour_prob)
     height, width = size
@@ -499,6 +535,8 @@ def plan_video(
         sprites.append(_plan_sprite(rng, 0, size, split, photo, start, (0.06, 0.15), paint))
     order = rng.permutation(len(sprites))
     sprites = [sprites[i] for i in order]
+    if lookalike_prob > 0.0:
+        sprites = _lookalikes(seed, split, size, photo, sprites, lookalike_prob, paint)
 
     amps, freqs, phases = _sines(rng, 2, (0.0, 0.12), (0.02, 0.15))
     light = SmoothPath.starting_at(rng.uniform(-0.15, 0.15), 0.0, amps, freqs, phases)

@@ -37,6 +37,7 @@ from stm_core.training import (
     static_clip,
     textures,
 )
+from stm_core.training.sensor_looks import sensor_look
 from stm_core.training.synthetic_video import split_rng
 
 SIZE = (64, 96)
@@ -276,6 +277,75 @@ def test_recoloured_video_has_the_same_masks_and_new_colours() -> None:
     np.testing.assert_array_equal(again.frames, repainted.frames)
     with pytest.raises(InputError, match="recolour_prob"):
         make_video(4, 6, SIZE, 2, recolour_prob=1.5)
+
+
+def _sprite_key(sprite) -> tuple:
+    """What tells two sprites apart (a Sprite holds arrays, so == does not work on it)."""
+    return (sprite.object_id, sprite.anchor, sprite.rgba.tobytes(), sprite.x, sprite.y)
+
+
+def test_lookalikes_add_object_sized_unlabelled_sprites_and_change_nothing_else() -> None:
+    plain = plan_video(8, 6, SIZE, 2)
+    off = plan_video(8, 6, SIZE, 2, lookalike_prob=0.0)
+    assert [_sprite_key(s) for s in off.sprites] == [_sprite_key(s) for s in plain.sprites]
+    with_lookalikes = plan_video(8, 6, SIZE, 2, lookalike_prob=1.0)
+    own = {_sprite_key(s) for s in plain.sprites}
+    added = [s for s in with_lookalikes.sprites if _sprite_key(s) not in own]
+    assert 1 <= len(added) <= 3
+    assert all(s.object_id == 0 for s in added)
+    # The plan's own sprites keep their depth order; camera and lighting are untouched.
+    kept = [_sprite_key(s) for s in with_lookalikes.sprites if _sprite_key(s) in own]
+    assert kept == [_sprite_key(s) for s in plain.sprites]
+    assert (with_lookalikes.cam_x, with_lookalikes.light_log_gain) == (
+        plain.cam_x,
+        plain.light_log_gain,
+    )
+    again = plan_video(8, 6, SIZE, 2, lookalike_prob=1.0)
+    assert [_sprite_key(s) for s in again.sprites] == [
+        _sprite_key(s) for s in with_lookalikes.sprites
+    ]
+    with pytest.raises(InputError, match="lookalike_prob"):
+        plan_video(8, 6, SIZE, 2, lookalike_prob=-0.1)
+
+
+def test_lookalikes_are_object_sized_not_distractor_sized() -> None:
+    def area(sprite) -> float:
+        return float((np.asarray(sprite.rgba)[..., 3] > 127).sum())
+
+    added, own = [], []
+    for seed in range(20):
+        plain = plan_video(seed, 2, SIZE, 1)
+        keys = {_sprite_key(s) for s in plain.sprites}
+        own += [area(s) for s in plain.sprites if s.object_id == 0]
+        extra = plan_video(seed, 2, SIZE, 1, lookalike_prob=1.0).sprites
+        added += [area(s) for s in extra if _sprite_key(s) not in keys]
+    # Radii 0.10-0.28 vs 0.06-0.15 of the short side: about 3x the area at the median.
+    assert len(own) >= 5
+    assert np.median(added) > 2.0 * np.median(own)
+
+
+def test_lookalikes_stay_out_of_the_masks_and_hide_objects_they_cover() -> None:
+    plain = make_video(8, 6, SIZE, 2)
+    plan = plan_video(8, 6, SIZE, 2, lookalike_prob=1.0)
+    masks = np.stack([render_frame(plan, t)[1] for t in range(6)])
+    assert set(np.unique(masks).tolist()) <= {0, 1, 2}
+    # Labels only ever disappear (covered by an unlabelled sprite), never appear.
+    assert np.all((masks == 0) | (masks == plain.masks))
+
+
+def test_sensor_look_is_one_dim_look_per_clip_with_per_frame_grain() -> None:
+    clip = make_video(5, 3, SIZE, 1).frames
+    looked = sensor_look(clip, np.random.default_rng(3))
+    assert looked.shape == clip.shape and looked.dtype == np.uint8
+    # Dim and flat: the tone curve's gain is at most 0.8 of the range.
+    assert looked.astype(float).std() < clip.astype(float).std()
+    assert np.array_equal(looked, sensor_look(clip, np.random.default_rng(3)))
+    same = np.repeat(clip[:1], 2, axis=0)
+    twice = sensor_look(same, np.random.default_rng(11)).astype(float)
+    # Same look on both frames (means agree), different grain (pixels do not) unless no grain.
+    assert abs(twice[0].mean() - twice[1].mean()) < 1.0
+    with pytest.raises(InputError, match="frames"):
+        sensor_look(clip[0], np.random.default_rng(0))
 
 
 # --------------------------------------------------------------------------- stage 1
@@ -540,6 +610,17 @@ def test_clip_dataset_recolour_changes_pixels_not_masks(stage: str) -> None:
     repainted = ClipDataset(4, seed=3, stage=stage, crop=(48, 48), recolour_prob=1.0)[1]
     assert torch.equal(plain["masks"], repainted["masks"])
     assert not torch.equal(plain["frames"], repainted["frames"])
+
+
+def test_clip_dataset_new_options_default_to_the_old_items_and_reach_the_clips() -> None:
+    plain = ClipDataset(4, seed=3, stage="video", crop=(48, 48))
+    off = ClipDataset(4, seed=3, stage="video", crop=(48, 48), lookalike_prob=0.0)
+    assert torch.equal(plain[2]["frames"], off[2]["frames"])
+    looked = ClipDataset(4, seed=3, stage="video", crop=(48, 48), sensor_look_prob=1.0)[2]
+    assert torch.equal(looked["masks"], plain[2]["masks"])
+    assert not torch.equal(looked["frames"], plain[2]["frames"])
+    with pytest.raises(InputError, match="sensor_look_prob"):
+        ClipDataset(4, sensor_look_prob=2.0)
 
 
 def test_clip_dataset_uses_folder_sources_and_skip_setter(tmp_path: Path) -> None:

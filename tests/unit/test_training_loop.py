@@ -183,6 +183,8 @@ def test_batchnorm_freezing(fixed_batch, frozen):
         ({"steps": 0}, "steps"),
         ({"data": {"seed": 0, "max_skip_start": 5, "max_skip_end": 2}}, "max_skip_end"),
         ({"data": {"recolour_prob": 1.5}}, "recolour_prob"),
+        ({"data": {"lookalike_prob": -0.5}}, "lookalike_prob"),
+        ({"data": {"sensor_look_prob": 2}}, "sensor_look_prob"),
     ],
 )
 def test_train_config_errors_name_the_field(settings, field):
@@ -201,6 +203,9 @@ def test_train_config_recolour_reaches_the_dataset():
     assert build_dataset(TrainConfig()).recolour_prob == 0.0
     config = TrainConfig.model_validate({"data": {"recolour_prob": 0.5}})
     assert build_dataset(config).recolour_prob == 0.5
+    config = TrainConfig.model_validate({"data": {"lookalike_prob": 0.3, "sensor_look_prob": 0.2}})
+    dataset = build_dataset(config)
+    assert (dataset.lookalike_prob, dataset.sensor_look_prob) == (0.3, 0.2)
 
 
 TRAIN_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("train_*.yaml"))
