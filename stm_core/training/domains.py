@@ -40,13 +40,15 @@ def shifted_videos(
     seed_base: int,
     look: str = "night",
     num_objects: int | None = None,
+    visible_throughout: bool = False,
 ) -> list[SyntheticVideo]:
     """``n`` held-out synthetic videos (see ``heldout_videos``) rendered with ``look``; names
-    are ``<look>-<seed>``. Use disjoint ``seed_base`` ranges for a corpus and its ground truth."""
+    are ``<look>-<seed>``. Use disjoint ``seed_base`` ranges for a corpus and its ground truth;
+    ``visible_throughout`` as in ``heldout_videos``."""
     if look not in LOOKS:
         raise InputError("look", f"unknown look {look!r}; known: {sorted(LOOKS)}")
     out = []
-    for video in heldout_videos(n, num_frames, size, seed_base, num_objects):
+    for video in heldout_videos(n, num_frames, size, seed_base, num_objects, visible_throughout):
         seed = int(video.name.rsplit("-", 1)[-1])
         rng = np.random.default_rng([seed, 7])
         frames = np.stack([LOOKS[look](f, rng) for f in video.frames])

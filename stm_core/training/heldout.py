@@ -31,15 +31,20 @@ def heldout_videos(
     size: tuple[int, int] = (240, 432),
     seed_base: int = 0,
     num_objects: int | None = None,
+    visible_throughout: bool = False,
 ) -> list[SyntheticVideo]:
     """``n`` held-out videos from seeds ``seed_base, seed_base + 1, ...``.
 
     Each has ``num_objects`` objects, or 1..3 drawn from its seed when None. Evaluation seeds
     every object on frame 0 (DAVIS style), so a seed whose frame 0 hides an object completely
     (behind another object or a distractor) is skipped and the next seed is tried; the names
-    (``synth-heldout-<seed>``) say which seeds were used.
+    (``synth-heldout-<seed>``) say which seeds were used. ``visible_throughout`` also skips
+    seeds where an object is hidden or out of view on any frame: a small set where a model
+    scores well by predicting nothing once objects leave says little about it.
     """
-    return evaluation_videos(n, num_frames, size, seed_base, num_objects, "heldout")
+    return evaluation_videos(
+        n, num_frames, size, seed_base, num_objects, "heldout", visible_throughout
+    )
 
 
 def evaluation_videos(
@@ -49,6 +54,7 @@ def evaluation_videos(
     seed_base: int = 0,
     num_objects: int | None = None,
     split: Split = "heldout",
+    visible_throughout: bool = False,
 ) -> list[SyntheticVideo]:
     """Like ``heldout_videos`` for either split. ``split="train"`` gives videos of the training
     photos (training draws its video seeds from 0..2**31, so these exact videos are almost surely
@@ -63,14 +69,15 @@ def evaluation_videos(
         if count is None:
             count = int(split_rng(seed, split, _COUNT_PURPOSE).integers(1, 4))
         video = make_video(seed, num_frames, size, count, split)
-        present = np.unique(video.masks[0])
-        if set(range(1, count + 1)) <= set(present.tolist()):
+        wanted = set(range(1, count + 1))
+        shown = video.masks if visible_throughout else video.masks[:1]
+        if all(wanted <= set(np.unique(mask).tolist()) for mask in shown):
             videos.append(video)
         else:
-            logger.debug("%s seed %d hides an object on frame 0, skipped", split, seed)
+            logger.debug("%s seed %d hides an object, skipped", split, seed)
         seed += 1
         if seed - seed_base > 20 * n + 100:
-            raise InputError("evaluation_videos", "too many seeds hide an object on frame 0")
+            raise InputError("evaluation_videos", "too many seeds hide an object")
     return videos
 
 

@@ -267,6 +267,20 @@ def test_recolour_palette_keeps_structure_and_is_seeded() -> None:
         textures.recolour(photo, np.random.default_rng(2), "sepia")
 
 
+def test_visible_throughout_keeps_only_videos_whose_objects_never_leave() -> None:
+    def all_visible(video) -> bool:
+        wanted = set(range(1, video.num_objects + 1))
+        return all(wanted <= set(np.unique(mask).tolist()) for mask in video.masks)
+
+    loose = heldout_videos(6, num_frames=12, size=SIZE, seed_base=40)
+    assert not all(all_visible(v) for v in loose), "pick a seed range where an object leaves"
+    steady = heldout_videos(6, num_frames=12, size=SIZE, seed_base=40, visible_throughout=True)
+    assert len(steady) == 6 and all(all_visible(v) for v in steady)
+    # The same seeds pass both filters the same way: the strict set is a subset of seeds.
+    loose_names = {v.name for v in heldout_videos(30, num_frames=12, size=SIZE, seed_base=40)}
+    assert {v.name for v in steady} <= loose_names
+
+
 def test_recoloured_video_has_the_same_masks_and_new_colours() -> None:
     plain = make_video(4, 6, SIZE, 2)
     repainted = make_video(4, 6, SIZE, 2, recolour_prob=1.0)
