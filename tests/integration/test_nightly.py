@@ -51,7 +51,7 @@ SIZE = (96, 160)
 CORPUS_SEEDS, HELDOUT_SEEDS = 3000, 4000  # disjoint: the gate never scores a corpus video
 # Twelve steps must move the shipped model clearly on its held-out night footage: at lr 1e-4 the
 # v2 model gained 0.5 J&F points (below the 1-point gate margin), at 3e-4 about 12 (0.0 -> 12.2
-# on the held-out videos below).
+# on the held-out videos below; v4, the shipped model, 8.4 -> 16.5).
 TRAIN = {
     "steps": 12,
     "crop": [96, 96],
@@ -95,6 +95,9 @@ def night_config(store: str, data: dict[str, str], s3_server, **changes) -> Nigh
         "label": {"videos_per_shard": 2},
         "train": TRAIN,
         "gate": {"margin": 1.0},
+        # v4 finds objects in night vision but less surely than in daylight: at the default
+        # 0.85 none of its corpus masks passed, so the night would learn from seeds alone.
+        "selection": {"min_score": 0.6},
         "lock_ttl_seconds": 60,
         "storage": s3_server.storage,
     }
