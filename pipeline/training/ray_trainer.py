@@ -7,9 +7,13 @@ with the same name resumes from the newest checkpoint there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.fs
 import ray
 import ray.train
 import ray.train.torch
@@ -47,8 +51,26 @@ def _train_loop_per_worker(config_json: dict) -> None:
     if checkpoint is None:
         run(None)
     else:
-        with checkpoint.as_directory() as directory:
-            run(Path(directory))
+        with private_copy(checkpoint) as directory:
+            run(directory)
+
+
+@contextlib.contextmanager
+def private_copy(checkpoint: ray.train.Checkpoint) -> Iterator[Path]:
+    """The checkpoint as a local directory that no other worker writes to.
+
+    Not ``Checkpoint.as_directory``: with a remote checkpoint it hands every worker on a node
+    the same download directory, and a worker that takes the download lock after another has
+    finished downloads again over the files the first is already reading. A resumed run then
+    failed with "PytorchStreamReader failed reading file" on a checkpoint that was whole in the
+    bucket. A local checkpoint is read in place (nothing writes to it).
+    """
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        yield Path(checkpoint.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="stm-resume-") as tmp:
+        checkpoint.to_directory(tmp)
+        yield Path(tmp)
 
 
 def fit(config: TrainConfig) -> ray.train.Result:
