@@ -88,13 +88,14 @@ class ClipDataset(Dataset):
         self.source_prob = source_prob
         self.scale_range = scale_range
         self.split: Split = split
-        self.recolour_prob = recolour_prob
         for name, prob in (
+            ("recolour_prob", recolour_prob),
             ("lookalike_prob", lookalike_prob),
             ("sensor_look_prob", sensor_look_prob),
         ):
             if not 0.0 <= prob <= 1.0:
                 raise InputError(name, f"must be in [0, 1], got {prob}")
+        self.recolour_prob = recolour_prob
         self.lookalike_prob = lookalike_prob
         self.sensor_look_prob = sensor_look_prob
 

@@ -633,8 +633,10 @@ def test_clip_dataset_new_options_default_to_the_old_items_and_reach_the_clips()
     looked = ClipDataset(4, seed=3, stage="video", crop=(48, 48), sensor_look_prob=1.0)[2]
     assert torch.equal(looked["masks"], plain[2]["masks"])
     assert not torch.equal(looked["frames"], plain[2]["frames"])
-    with pytest.raises(InputError, match="sensor_look_prob"):
-        ClipDataset(4, sensor_look_prob=2.0)
+    # Every probability fails at construction, not later inside a DataLoader worker.
+    for name in ("recolour_prob", "lookalike_prob", "sensor_look_prob"):
+        with pytest.raises(InputError, match=name):
+            ClipDataset(4, **{name: 2.0})
 
 
 def test_clip_dataset_uses_folder_sources_and_skip_setter(tmp_path: Path) -> None:
