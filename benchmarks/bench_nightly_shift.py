@@ -1,5 +1,8 @@
-"""One night of the data engine on footage whose look the model never saw: held-out J&F before
-and after.
+"""One night of the data engine on footage in a shifted look: held-out J&F before and after.
+
+The look is far from the daylight synthetic world: v1 never saw anything like it; from v4 on,
+training films some clips through random sensor looks (dim, flat, tinted, grainy), of which
+night vision is one point, so the before/after numbers depend on the model.
 
 The corpus is ``--videos`` "night vision" videos (``stm_core.training.domains``: the synthetic
 world the shipped model trained on, rendered dark, grainy and green) of ``--frames`` frames at
