@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import (
+    checkpoint_identity,
     default_out,
     format_table,
     load_average,
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.engine.nightly import run_nightly
     from pipeline.ray_connect import connect
     from schemas.nightly import NightlyConfig
+    from stm_core.assets import default_checkpoint_path
 
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-nightly-") as tmp:
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.monotonic() - started
     result = {
         "config": {k: v for k, v in vars(args).items() if k != "out"} | {"out": str(args.out)},
+        # The night starts from the shipped model: which one is in the file at the time.
+        "root_model": checkpoint_identity(default_checkpoint_path()),
         "before_jf": record.parent_jf,
         "after_jf": record.candidate_jf,
         "after_j": record.candidate_j,

@@ -79,6 +79,21 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def checkpoint_identity(path: str | Path) -> dict[str, Any]:
+    """Which weights a result belongs to: a path names whatever file is there today (the shipped
+    asset is replaced by newer versions), its hash and training metadata do not. The training
+    config is left out of the metadata: it is long and the name and step identify it."""
+    from stm_core.checkpoint import checkpoint_sha256, read_metadata
+
+    metadata = read_metadata(path)
+    keys = ("version", "name", "stage", "step")
+    return {
+        "checkpoint": str(path),
+        "checkpoint_sha256": checkpoint_sha256(path),
+        "checkpoint_metadata": {key: metadata[key] for key in keys if key in metadata},
+    }
+
+
 def write_json(path: Path, result: dict[str, Any]) -> None:
     """Write ``result`` as indented JSON, creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)

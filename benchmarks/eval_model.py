@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import checkpoint_identity
 from stm_core import load_model
-from stm_core.checkpoint import checkpoint_sha256, read_metadata
 from stm_core.evaluation import evaluate_root
 from stm_core.metrics import format_table
 from stm_core.training.heldout import evaluation_videos, heldout_videos, save_as_davis
@@ -28,11 +28,6 @@ from stm_core.training.heldout import evaluation_videos, heldout_videos, save_as
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 HELDOUT_SEED_BASE = 0  # the README's held-out evaluation set
 SEEN_SEED_BASE = 1000  # --seen-photos videos: training photos, seeds from here
-
-
-def identity_metadata(metadata: dict) -> dict:
-    """The metadata keys that tell checkpoints apart (the training config is left out: long)."""
-    return {key: metadata[key] for key in ("version", "name", "stage", "step") if key in metadata}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,11 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint, device="cpu")
     result: dict = {
-        "checkpoint": str(args.checkpoint),
-        # A path names whatever file is there today; the hash and the training metadata say
-        # which weights were scored when the shipped asset is replaced by a newer version.
-        "checkpoint_sha256": checkpoint_sha256(args.checkpoint),
-        "checkpoint_metadata": identity_metadata(read_metadata(args.checkpoint)),
+        **checkpoint_identity(args.checkpoint),
         "trunk": model.spec.name,
     }
     start = time.monotonic()

@@ -6,6 +6,7 @@ follow from the settings alone (frame counts, bank growth, which policy evicts),
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_memory_growth, bench_propagation_speed
-from benchmarks.common import box_seed, format_table, parse_size
+from benchmarks.common import box_seed, checkpoint_identity, format_table, parse_size
+from stm_core import STM, save_checkpoint
 
 TINY = ["--size", "112x64", "--threads", "1"]
 
@@ -93,3 +95,16 @@ def test_memory_growth_runs_each_measurement_in_a_subprocess(tmp_path):
     result = json.loads(out.read_text())
     assert "subprocess" in result["driver"]
     assert [(r["length"], r["policy"]) for r in result["runs"]] == [(2, "cap 1")]
+
+
+def test_checkpoint_identity_tells_two_checkpoints_apart_and_drops_the_config(tmp_path):
+    paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    for step, path in enumerate(paths):
+        metadata = {"version": "v9", "name": "run", "step": step, "config": {"lr": 1e-4}}
+        save_checkpoint(STM("resnet18"), path, metadata, half=True)
+    first, second = (checkpoint_identity(path) for path in paths)
+    assert first["checkpoint"] == str(paths[0])
+    assert first["checkpoint_sha256"] == hashlib.sha256(paths[0].read_bytes()).hexdigest()
+    assert first["checkpoint_sha256"] != second["checkpoint_sha256"]
+    assert first["checkpoint_metadata"] == {"version": "v9", "name": "run", "step": 0}
+    assert second["checkpoint_metadata"]["step"] == 1
