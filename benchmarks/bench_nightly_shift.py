@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     from schemas.nightly import NightlyConfig
     from stm_core.assets import default_checkpoint_path
 
+    root_model = default_checkpoint_path()  # the night starts from the shipped model
+    if root_model is None:
+        raise SystemExit("this installation ships no model (stm_core/assets) to start the night")
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-nightly-") as tmp:
         root = Path(tmp)
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 "corpus_uri": str(corpus),
                 "heldout_uri": str(heldout),
                 "run_id": "bench-night",
+                "initial_checkpoint_uri": str(root_model),
                 "train": {
                     "steps": args.steps,
                     "crop": [args.crop, args.crop],
@@ -100,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.monotonic() - started
     result = {
         "config": {k: v for k, v in vars(args).items() if k != "out"} | {"out": str(args.out)},
-        # The night starts from the shipped model: which one is in the file at the time.
-        "root_model": checkpoint_identity(default_checkpoint_path()),
+        "root_model": checkpoint_identity(root_model),
         "before_jf": record.parent_jf,
         "after_jf": record.candidate_jf,
         "after_j": record.candidate_j,
