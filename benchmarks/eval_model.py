@@ -6,12 +6,16 @@ Held-out synthetic videos come from photos and seeds training never uses; the re
 (../shared/data/real) are evaluation-only. ``--seen-photos N`` also scores N new videos made
 from the training photos: the gap to the held-out score is how much the model leans on the
 photos it was trained on. Every object is seeded on its first annotated frame.
+``--adapt-steps N`` fine-tunes a copy of the model on each video's seed frames first
+(``stm_core.adaptation``); the JSON records the settings and the adaptation time is included in
+``seconds``.
 Writes JSON (default benchmarks/results/model_eval.json) and prints one table per set.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -21,6 +25,7 @@ import torch
 
 from benchmarks.common import checkpoint_identity
 from stm_core import load_model
+from stm_core.adaptation import Adaptation
 from stm_core.evaluation import evaluate_root
 from stm_core.metrics import format_table
 from stm_core.training.heldout import evaluation_videos, heldout_videos, save_as_davis
@@ -41,20 +46,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=Path, default=REAL_DATA)
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--adapt-steps", type=int, default=0, help="first-frame fine-tuning steps (0 = off)"
+    )
+    parser.add_argument("--adapt-lr", type=float, default=Adaptation.lr)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_eval.json"))
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint, device="cpu")
+    adaptation = Adaptation(steps=args.adapt_steps, lr=args.adapt_lr)
     result: dict = {
         **checkpoint_identity(args.checkpoint),
         "trunk": model.spec.name,
+        "adaptation": dataclasses.asdict(adaptation) if adaptation.enabled else None,
     }
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         videos = heldout_videos(args.heldout, args.frames, seed_base=HELDOUT_SEED_BASE)
         save_as_davis(videos, tmp)
-        result["heldout_synthetic"] = evaluate_root(model, Path(tmp))
+        result["heldout_synthetic"] = evaluate_root(model, Path(tmp), adaptation=adaptation)
     print("held-out synthetic (J, F, J&F in %)")
     print(format_table(result["heldout_synthetic"]))
     if args.seen_photos:
@@ -63,11 +74,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.seen_photos, args.frames, seed_base=SEEN_SEED_BASE, split="train"
             )
             save_as_davis(videos, tmp)
-            result["seen_photos_synthetic"] = evaluate_root(model, Path(tmp))
+            result["seen_photos_synthetic"] = evaluate_root(model, Path(tmp), adaptation=adaptation)
         print("\nsynthetic videos of the training photos (J, F, J&F in %)")
         print(format_table(result["seen_photos_synthetic"]))
     if not args.skip_real and args.real.is_dir():
-        result["real"] = evaluate_root(model, args.real)
+        result["real"] = evaluate_root(model, args.real, adaptation=adaptation)
         print("\nreal clips (J, F, J&F in %)")
         print(format_table(result["real"]))
     result["seconds"] = time.monotonic() - start

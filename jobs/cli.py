@@ -47,9 +47,11 @@ def _default_checkpoint() -> str:
 
 def cmd_propagate(args: argparse.Namespace) -> int:
     from stm_core import load_model
+    from stm_core.adaptation import Adaptation
     from stm_core.folder_tasks import propagate_folder
 
     model = load_model(args.checkpoint or _default_checkpoint(), device=args.device)
+    adaptation = Adaptation(steps=args.adapt_steps, lr=args.adapt_lr)
     n = propagate_folder(
         model,
         args.frames,
@@ -59,6 +61,7 @@ def cmd_propagate(args: argparse.Namespace) -> int:
         max_memory_frames=args.max_memory_frames,
         resize_seeds=args.resize_seeds,
         progress=ProgressLine(Path(args.frames).name),
+        adaptation=adaptation,
     )
     print(f"wrote {n} masks to {args.out}")
     return 0
@@ -176,6 +179,13 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -201,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resize-seeds", action="store_true", help="resize seeds of the wrong size (nearest)"
     )
+    p.add_argument(
+        "--adapt-steps",
+        type=_non_negative,
+        default=0,
+        help="fine-tune a copy of the model on the seed frames for this many steps first "
+        "(0 = off; 30 is the README's measured setting)",
+    )
+    p.add_argument("--adapt-lr", type=float, default=3e-5, help="learning rate of --adapt-steps")
     p.set_defaults(func=cmd_propagate)
 
     e = sub.add_parser("evaluate", help="J&F of predicted masks against ground truth")

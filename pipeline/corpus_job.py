@@ -26,6 +26,7 @@ from ray.util import ActorPool
 from schemas.label_job import LabelJobConfig
 from schemas.tables import ERRORS, ERRORS_SCHEMA
 from stm_core import load_model
+from stm_core.adaptation import Adaptation
 from stm_core.errors import CheckpointError, STMLabelError
 
 from . import ledger, table_io
@@ -166,6 +167,7 @@ def run_label_job(
         mem_every=config.mem_every,
         max_memory_frames=config.max_memory_frames,
         max_frame_side=config.max_frame_side,
+        adaptation=Adaptation(**config.adaptation.model_dump()),
     )
     _write_discovery_errors(config, settings, found.errors)
     done = ledger.finished_shards(config.output_uri, config.run_id, config.storage)

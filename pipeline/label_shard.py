@@ -23,6 +23,7 @@ import pyarrow as pa
 from schemas.common import StorageOptions
 from schemas.tables import ERRORS_SCHEMA, MASKS_SCHEMA
 from stm_core import STM, propagate
+from stm_core.adaptation import Adaptation, adapt_to_seeds
 from stm_core.errors import STMLabelError
 
 from . import ledger
@@ -47,6 +48,7 @@ class LabelSettings:
     mem_every: int = 5
     max_memory_frames: int | None = 20
     max_frame_side: int | None = None
+    adaptation: Adaptation = Adaptation(steps=0)
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,8 @@ def label_video(
         seeds = {t: scale.to_working(m) for t, m in seeds.items()}
     all_ids = sorted({int(i) for m in seeds.values() for i in np.unique(m) if i})
     complete = complete_correction_frames(task.corrections, all_ids)
+    if settings.adaptation.enabled:
+        model = _adapted(model, task, fs, settings, info.size, seeds)
     frames = _tagged("decode", iter_frames(task, fs, settings.max_frame_side, info.size))
     columns: dict[str, list[Any]] = {name: [] for name in MASKS_SCHEMA.names}
     height, width = info.size
@@ -177,6 +181,33 @@ def label_video(
     except STMLabelError as exc:  # a _StageError from the frames passes through untouched
         raise _StageError("label", exc) from None
     return columns, n
+
+
+def _adapted(
+    model: STM,
+    task: VideoTask,
+    fs: Any,
+    settings: LabelSettings,
+    size: tuple[int, int],
+    seeds: dict[int, np.ndarray],
+) -> STM:
+    """A copy of ``model`` fine-tuned on this video's seed frames. The frames are read in a
+    first pass that stops at the last seed frame, so the propagation pass after it streams the
+    video as usual."""
+    wanted, last = set(seeds), max(seeds)
+    seed_frames: dict[int, np.ndarray] = {}
+    decoded = iter_frames(task, fs, settings.max_frame_side, size)
+    try:
+        for t, frame in enumerate(_tagged("decode", decoded)):
+            if t in wanted:
+                seed_frames[t] = frame
+            if t >= last:
+                break
+    finally:
+        close = getattr(decoded, "close", None)
+        if close is not None:
+            close()  # stops a folder's read-ahead threads or a file's decoder now
+    return _staged("label", lambda: adapt_to_seeds(model, seed_frames, seeds, settings.adaptation))
 
 
 def _scores(probs: np.ndarray, labels: np.ndarray, object_ids: tuple[int, ...]) -> dict[int, float]:

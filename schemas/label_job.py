@@ -12,6 +12,26 @@ from .common import StorageOptions, StrictModel
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
+class AdaptationConfig(StrictModel):
+    """First-frame fine-tuning (``stm_core.adaptation``): before a video is propagated, a copy
+    of the model trains for ``steps`` steps on clips made from that video's seed frames. Off by
+    default because it costs about 0.4 s per step on a 2-core CPU (README model card)."""
+
+    steps: int = Field(0, ge=0, le=10_000, description="0 = off; 30 is the measured setting")
+    lr: float = Field(3e-5, gt=0, le=1e-2)
+    batch_size: int = Field(4, ge=1, le=64, description="clips per step")
+    crop: tuple[int, int] = Field((192, 192), description="clip size, multiples of 16")
+    seed: int = Field(0, ge=0, description="the clips' random seed (same seed = same labels)")
+    bf16: bool = Field(True, description="bfloat16 autocast in the forward pass")
+
+    @field_validator("crop")
+    @classmethod
+    def _crop_multiple_of_16(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if any(c < 16 or c % 16 for c in value):
+            raise ValueError(f"crop must be two multiples of 16 (>= 16), got {list(value)}")
+        return value
+
+
 class LabelJobConfig(StrictModel):
     """Everything one labeling run needs. Secrets live only in ``storage`` and are never written
     to the run record (see :meth:`public_dump`)."""
@@ -41,6 +61,7 @@ class LabelJobConfig(StrictModel):
     mem_every: int = Field(5, ge=1)
     max_memory_frames: int | None = Field(20, ge=1, description="None = unbounded (release)")
     videos_per_shard: int = Field(4, ge=1)
+    adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
     storage: StorageOptions = Field(default_factory=StorageOptions)
 
     @field_validator("run_id")

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .io import VideoFolder, frame_size, iter_frames, list_videos, read_seeds
+from .adaptation import Adaptation, adapt_to_seeds
+from .io import VideoFolder, frame_size, iter_frames, list_videos, read_frame, read_seeds
 from .metrics import SequenceScores, evaluate_sequence, summarize
 from .model.network import STM
 from .propagation import propagate
@@ -38,11 +39,18 @@ def evaluate_video(
     mem_every: int = 5,
     max_memory_frames: int | None = None,
     resize_mismatched: bool = False,
+    adaptation: Adaptation | None = None,
 ) -> SequenceScores:
-    """Propagate ``video`` from its first-appearance seeds and score its annotated frames."""
+    """Propagate ``video`` from its first-appearance seeds and score its annotated frames.
+
+    With ``adaptation``, a copy of the model is first fine-tuned on the seed frames (only the
+    seeds: the masks being scored never reach it)."""
     size = frame_size(video)
     annotations = read_seeds(video, size, resize_mismatched=resize_mismatched)
     seeds = first_appearance_seeds(annotations)
+    if adaptation is not None and adaptation.enabled:
+        seed_frames = {t: read_frame(video.frame_paths[t]) for t in seeds}
+        model = adapt_to_seeds(model, seed_frames, seeds, adaptation)
     annotated = sorted(annotations)
     predictions: dict[int, np.ndarray] = {}
     frames = iter_frames(video, size)
@@ -61,6 +69,7 @@ def evaluate_root(
     root: str | Path,
     mem_every: int = 5,
     max_memory_frames: int | None = None,
+    adaptation: Adaptation | None = None,
 ) -> dict[str, Any]:
     """J&F of every scorable video under a DAVIS / YouTube-VOS ``root`` (``summarize``'s
     result), plus ``unscored``: the videos with fewer than 3 annotated frames (the first and
@@ -71,7 +80,7 @@ def evaluate_root(
             unscored[video.name] = f"{len(video.mask_paths)} annotated frame(s), 3 needed"
             continue
         scores[video.name] = evaluate_video(
-            model, video, mem_every, max_memory_frames, resize_mismatched=True
+            model, video, mem_every, max_memory_frames, True, adaptation
         )
     if not scores:
         from .errors import InputError

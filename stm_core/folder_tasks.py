@@ -10,12 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .adaptation import Adaptation, adapt_to_seeds
 from .errors import InputError
 from .io import (
     frame_size,
     iter_frames,
     natural_key,
     read_annotations,
+    read_frame,
     read_seeds,
     video_from_dirs,
     write_mask,
@@ -36,15 +38,20 @@ def propagate_folder(
     max_memory_frames: int | None = None,
     resize_seeds: bool = False,
     progress: Progress | None = None,
+    adaptation: Adaptation | None = None,
 ) -> int:
     """Label every frame of ``frames_dir`` from the seed PNGs in ``seeds_dir`` (matched to frames
     by file stem); write one DAVIS palette PNG per frame, named like the frame, into ``out_dir``.
-    Returns the number of frames written."""
+    With ``adaptation``, a copy of the model is fine-tuned on the seed frames first
+    (:mod:`stm_core.adaptation`). Returns the number of frames written."""
     video = video_from_dirs(frames_dir, seeds_dir)
     if not video.mask_paths:
         raise InputError(seeds_dir, "no seed masks (*.png) named like a frame")
     size = frame_size(video)
     seeds = read_seeds(video, size, resize_mismatched=resize_seeds)
+    if adaptation is not None and adaptation.enabled:
+        seed_frames = {t: read_frame(video.frame_paths[t]) for t in seeds}
+        model = adapt_to_seeds(model, seed_frames, seeds, adaptation)
     out_dir = Path(out_dir)
     names = video.frame_names()
     for out in propagate(model, iter_frames(video, size), seeds, mem_every, max_memory_frames):

@@ -38,10 +38,16 @@ def _check_pair(image: np.ndarray, masks: np.ndarray) -> None:
 
 
 def keep_objects(
-    masks: np.ndarray, rng: np.random.Generator, max_objects: int, min_pixels: int
+    masks: np.ndarray,
+    rng: np.random.Generator,
+    max_objects: int,
+    min_pixels: int,
+    keep_all: bool = False,
 ) -> np.ndarray | None:
     """Pick 1..max_objects of the objects with at least ``min_pixels`` pixels in ``masks[0]``
-    and remap them to ids 1..k (in random order); every other id becomes 0.
+    and remap them to ids 1..k (in random order); every other id becomes 0. ``keep_all`` keeps
+    the first ``max_objects`` of them in id order instead (first-frame fine-tuning: an object
+    dropped from a clip would be taught as background), and draws nothing from ``rng``.
 
     ``masks`` is T x H x W uint8. Returns the remapped T x H x W uint8, or None when no object
     is big enough in the first frame (the caller then draws a new crop).
@@ -50,6 +56,11 @@ def keep_objects(
     candidates = [i for i in range(1, 256) if counts[i] >= min_pixels]
     if not candidates:
         return None
+    if keep_all:
+        chosen_in_order = candidates[:max_objects]
+        lut = np.zeros(256, np.uint8)
+        lut[chosen_in_order] = np.arange(1, len(chosen_in_order) + 1, dtype=np.uint8)
+        return lut[masks]
     k = int(rng.integers(1, min(max_objects, len(candidates)) + 1))
     chosen = rng.choice(candidates, size=k, replace=False)
     lut = np.zeros(256, np.uint8)
@@ -163,6 +174,7 @@ def static_clip(
     occlusion_prob: float = 0.3,
     min_pixels: int | None = None,
     max_tries: int = 10,
+    keep_all: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A ``num_frames`` clip from one image and its label map (paper's stage 1).
 
@@ -174,7 +186,8 @@ def static_clip(
     ``occlusion_prob`` a random patch pasted over an object on one of the frames after the
     first. Objects with
     fewer than ``min_pixels`` (default 0.2 % of the crop, at least 16) pixels in frame 0 are
-    dropped; 1..``max_objects`` of the rest are kept and renumbered 1..k.
+    dropped; 1..``max_objects`` of the rest are kept and renumbered 1..k (all of them, in id
+    order, with ``keep_all``: see ``keep_objects``).
 
     Returns (frames T x H x W x 3 uint8, masks T x H x W uint8). Raises InputError if the image
     has no object or none survives ``max_tries`` crops.
@@ -234,7 +247,7 @@ def static_clip(
                     Image.Resampling.NEAREST,
                 )
             )
-        kept = keep_objects(labels, rng, max_objects, min_pixels)
+        kept = keep_objects(labels, rng, max_objects, min_pixels, keep_all)
         if kept is None:
             continue
         frames = colour_jitter(frames, rng)

@@ -46,6 +46,7 @@ from pipeline.storage import open_fs
 from pipeline.video_readers import iter_frames, probe
 from schemas.label_job import LabelJobConfig
 from stm_core import load_model, propagate
+from stm_core.adaptation import Adaptation, adapt_to_seeds
 
 RUN_ID = "label-it-1"
 MEM_EVERY = 2
@@ -136,11 +137,12 @@ def first_run(ray_local, s3_server, corpus: Corpus, checkpoint: Path) -> tuple[s
 
 
 def reference_masks(
-    s3_server, corpus: Corpus, checkpoint: Path
+    s3_server, corpus: Corpus, checkpoint: Path, adaptation: Adaptation | None = None
 ) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray, tuple[int, ...]]]:
     """(video, frame) -> (labels H x W, probs (1+N) x H x W, object ids) from ``propagate``
     run here on the frames as ``iter_frames`` decodes them from S3, one torch thread like a
-    worker with ``cpu_threads_per_worker=1``."""
+    worker with ``cpu_threads_per_worker=1``; with ``adaptation``, each video is propagated by
+    a copy of the model fine-tuned on that video's seed frames."""
     found = discover(corpus.corpus_uri, s3_server.storage, corpus.seeds_uri)
     assert found.errors == []
     fs, _ = open_fs(corpus.corpus_uri, s3_server.storage)
@@ -152,8 +154,13 @@ def reference_masks(
         for task in found.tasks:
             info = probe(task, fs)
             seeds = read_seeds(task, fs, info.size, info.num_frames)
+            video_model = model
+            if adaptation is not None:
+                decoded = list(iter_frames(task, fs, None, info.size))
+                seed_frames = {t: decoded[t] for t in seeds}
+                video_model = adapt_to_seeds(model, seed_frames, seeds, adaptation)
             frames = iter_frames(task, fs, None, info.size)
-            for result in propagate(model, frames, seeds, MEM_EVERY, MAX_MEMORY_FRAMES):
+            for result in propagate(video_model, frames, seeds, MEM_EVERY, MAX_MEMORY_FRAMES):
                 out[task.video_id, result.frame_index] = (
                     result.labels,
                     result.probs,
@@ -242,6 +249,33 @@ def test_masks_equal_direct_propagation(
     assert record["config"]["mem_every"] == MEM_EVERY
     assert "testing" not in json.dumps(record["config"]["storage"])  # no credentials stored
     assert len(summary.workers) == 2 and all(w["device"] == "cpu" for w in summary.workers)
+
+
+def test_adapted_labels_equal_direct_adaptation(
+    ray_local, s3_server, corpus: Corpus, checkpoint: Path, first_run: tuple[str, RunSummary]
+) -> None:
+    """With ``adaptation.steps`` set, each video is labeled by its own fine-tuned copy (from
+    every seed frame, including bear's frame 3 and the mp4's frame 1): the stored masks equal
+    adapt_to_seeds + propagate run here, and differ from the unadapted run's."""
+    settings = {"steps": 3, "lr": 1e-3, "batch_size": 1, "crop": [32, 32], "seed": 4}
+    output = s3_server.uri("label-job-out-adapted")
+    config = LabelJobConfig.model_validate(
+        config_dict(s3_server, corpus, output, checkpoint, adaptation=settings)
+    )
+    summary = run_label_job(config)
+    assert summary.status == "succeeded" and summary.errors == 0
+    masks = read_output(output, s3_server.storage, "masks")
+    adaptation = Adaptation(**{**settings, "crop": (32, 32)})
+    reference = reference_masks(s3_server, corpus, checkpoint, adaptation)
+    for row in masks.to_pylist():
+        video, t, k = row["video_id"], row["frame_index"], row["object_id"]
+        labels = reference[video, t][0]
+        mask = decode(row["rle"], *labels.shape)
+        np.testing.assert_array_equal(mask, labels == k, err_msg=f"{video} frame {t} object {k}")
+    plain = read_output(first_run[0], s3_server.storage, "masks")
+    assert plain["rle"].to_pylist() != masks["rle"].to_pylist()
+    record = ledger.RunLayout(output, RUN_ID).record_uri.removeprefix("s3://")
+    assert json.loads(s3_server.fs.cat_file(record))["config"]["adaptation"]["steps"] == 3
 
 
 def test_same_run_id_again_changes_nothing(

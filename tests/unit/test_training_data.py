@@ -667,3 +667,21 @@ def test_collate_pads_objects_to_one_hot_with_valid_mask() -> None:
         assert batch["valid"][b].tolist() == expected
     with pytest.raises(InputError, match="max_objects"):
         collate_clips([ds[0]], max_objects=0)
+
+
+def test_keep_objects_keep_all_keeps_every_visible_object_without_drawing():
+    from stm_core.training.static_clips import keep_objects
+
+    masks = np.zeros((2, 8, 8), np.uint8)
+    masks[:, :2, :2], masks[:, 4:, 4:], masks[0, 0, 7] = 7, 12, 3  # id 3: one pixel only
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    kept = keep_objects(masks, rng, max_objects=5, min_pixels=2, keep_all=True)
+    assert rng.bit_generator.state == state
+    assert kept is not None
+    np.testing.assert_array_equal(
+        kept[1], np.where(masks[1] == 7, 1, np.where(masks[1] == 12, 2, 0))
+    )
+    assert kept[0, 0, 7] == 0  # below min_pixels: background
+    capped = keep_objects(masks, rng, max_objects=1, min_pixels=2, keep_all=True)
+    assert set(np.unique(capped).tolist()) == {0, 1}
