@@ -108,3 +108,24 @@ def test_checkpoint_identity_tells_two_checkpoints_apart_and_drops_the_config(tm
     assert first["checkpoint_sha256"] != second["checkpoint_sha256"]
     assert first["checkpoint_metadata"] == {"version": "v9", "name": "run", "step": 0}
     assert second["checkpoint_metadata"]["step"] == 1
+
+
+def test_adaptation_benchmark_records_both_costs(tmp_path):
+    from benchmarks import bench_adaptation
+    from stm_core.assets import default_checkpoint_path
+
+    if default_checkpoint_path() is None:
+        pytest.skip("no shipped model")
+    out = tmp_path / "adaptation.json"
+    assert (
+        bench_adaptation.main(
+            ["--steps", "1", "--videos", "2", "--threads", "1", "--out", str(out)]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert [v["name"] for v in result["videos"]] == ["synth-heldout-000000", "synth-heldout-000001"]
+    assert result["adaptation"]["steps"] == 1
+    assert result["median_adapt_seconds"] > 0 and result["median_propagate_seconds"] > 0
+    expected = result["median_adapt_seconds"] / result["median_propagate_seconds"]
+    assert result["adapt_to_propagate_ratio"] == pytest.approx(expected)
