@@ -50,12 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         "--adapt-steps", type=int, default=0, help="first-frame fine-tuning steps (0 = off)"
     )
     parser.add_argument("--adapt-lr", type=float, default=Adaptation.lr)
+    parser.add_argument(
+        "--adapt-seed", type=int, default=Adaptation.seed, help="the adaptation clips' seed"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_eval.json"))
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint, device="cpu")
-    adaptation = Adaptation(steps=args.adapt_steps, lr=args.adapt_lr)
+    adaptation = Adaptation(steps=args.adapt_steps, lr=args.adapt_lr, seed=args.adapt_seed)
     result: dict = {
         **checkpoint_identity(args.checkpoint),
         "trunk": model.spec.name,

@@ -170,3 +170,28 @@ def test_evaluate_missing_prediction(real_data_root, tmp_path, capsys):
     (tmp_path / "pred" / "cutie-bike").mkdir(parents=True)
     err = _run_error(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(gt_root)], capsys)
     assert "missing predicted masks" in err
+
+
+def test_propagate_adapt_steps_labels_with_a_fine_tuned_copy(real_data_root, checkpoint, tmp_path):
+    frames, seeds = _seq(real_data_root, "cutie-bike")
+    base = ["propagate", "--checkpoint", str(checkpoint), "--frames", str(frames)]
+    base += ["--seeds", str(seeds), "--device", "cpu"]
+    assert main(base + ["--out", str(tmp_path / "plain")]) == 0
+    adapted = ["--adapt-steps", "2", "--adapt-lr", "1e-3"]
+    assert main(base + ["--out", str(tmp_path / "tuned")] + adapted) == 0
+    plain = [read_mask(p) for p in sorted((tmp_path / "plain").glob("*.png"))]
+    tuned = [read_mask(p) for p in sorted((tmp_path / "tuned").glob("*.png"))]
+    assert len(plain) == len(tuned) == 4
+    np.testing.assert_array_equal(tuned[0], read_mask(seeds / "00000.png"))  # the seed as given
+    assert any(not np.array_equal(a, b) for a, b in zip(plain[1:], tuned[1:], strict=True))
+
+
+def test_propagate_rejects_bad_adaptation_settings(real_data_root, checkpoint, tmp_path, capsys):
+    frames, seeds = _seq(real_data_root, "cutie-bike")
+    base = ["propagate", "--checkpoint", str(checkpoint), "--frames", str(frames)]
+    base += ["--seeds", str(seeds), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit):
+        main(base + ["--adapt-steps", "-1"])
+    assert "must be >= 0" in capsys.readouterr().err
+    err = _run_error(base + ["--adapt-steps", "1", "--adapt-lr", "0"], capsys)
+    assert "adaptation.lr" in err
