@@ -23,6 +23,9 @@ class AdaptationConfig(StrictModel):
     crop: tuple[int, int] = Field((192, 192), description="clip size, multiples of 16")
     seed: int = Field(0, ge=0, description="the clips' random seed (same seed = same labels)")
     bf16: bool = Field(True, description="bfloat16 autocast in the forward pass")
+    lucid_prob: float = Field(
+        0.5, ge=0, le=1, description="share of clips whose objects move on their own"
+    )
 
     @field_validator("crop")
     @classmethod

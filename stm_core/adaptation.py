@@ -37,7 +37,9 @@ class Adaptation:
     """How to fine-tune on a video's seeds. ``steps=0`` turns adaptation off.
 
     The defaults are the ones measured in the README's model card (30 steps of 4 clips of 3
-    frames at 192 x 192, AdamW at 3e-5, no weight decay).
+    frames at 192 x 192, AdamW at 3e-5, no weight decay). ``lucid_prob`` of the clips move each
+    object on its own (:mod:`stm_core.training.lucid_clips`), the rest warp the whole frame
+    (:func:`~stm_core.training.static_clips.static_clip`).
     """
 
     steps: int = 30
@@ -46,12 +48,15 @@ class Adaptation:
     crop: tuple[int, int] = (192, 192)
     seed: int = 0
     bf16: bool = True
+    lucid_prob: float = 0.5
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise InputError("adaptation.steps", f"must be >= 0, got {self.steps}")
         if self.lr <= 0:
             raise InputError("adaptation.lr", f"must be > 0, got {self.lr}")
+        if not 0.0 <= self.lucid_prob <= 1.0:
+            raise InputError("adaptation.lucid_prob", f"must be in [0, 1], got {self.lucid_prob}")
         if self.batch_size < 1:
             raise InputError("adaptation.batch_size", f"must be >= 1, got {self.batch_size}")
         if len(self.crop) != 2 or any(c < 16 or c % 16 for c in self.crop):
@@ -145,14 +150,18 @@ def _clip_item(
     Any object with a few pixels left in the clip's first frame counts, so a small seeded
     object still trains; a draw in which every object is warped out of view is redrawn.
     """
+    from .training.lucid_clips import lucid_clip
     from .training.static_clips import static_clip
 
     for _ in range(_CLIP_TRIES):
         frame, mask = pairs[int(rng.integers(len(pairs)))]
         try:
-            frames, labels = static_clip(
-                frame, mask, rng, 3, adaptation.crop, max_objects, min_pixels=4, keep_all=True
-            )
+            if adaptation.lucid_prob > 0.0 and rng.random() < adaptation.lucid_prob:
+                frames, labels = lucid_clip(frame, mask, rng, 3, adaptation.crop, max_objects)
+            else:
+                frames, labels = static_clip(
+                    frame, mask, rng, 3, adaptation.crop, max_objects, min_pixels=4, keep_all=True
+                )
         except InputError:
             continue
         return {
