@@ -15,7 +15,7 @@ RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 class AdaptationConfig(StrictModel):
     """First-frame fine-tuning (``stm_core.adaptation``): before a video is propagated, a copy
     of the model trains for ``steps`` steps on clips made from that video's seed frames. Off by
-    default because it costs about 0.4 s per step on a 2-core CPU (README model card)."""
+    default because it costs about 0.5 s per step on a 2-core CPU (``bench_adaptation``)."""
 
     steps: int = Field(0, ge=0, le=10_000, description="0 = off; 30 is the measured setting")
     lr: float = Field(3e-5, gt=0, le=1e-2)

@@ -7,8 +7,9 @@ with look-alike parts of its background and loses objects whose parts look diffe
 two-tone object kept only one tone). The seed masks say exactly what each object and the
 background look like in this video; a few dozen optimiser steps on 3-frame clips made from the
 seed frames (the paper's static-image clips: random affine warps, crops, colour jitter,
-occlusion) teach the model this video's objects before it propagates them. On the held-out
-synthetic set this lifted the shipped model's J&F by about 20 points (README model card).
+occlusion; and clips whose objects move on their own, :mod:`stm_core.training.lucid_clips`)
+teach the model this video's objects before it propagates them. On the held-out synthetic set
+this lifted the shipped model's J&F by about 10 points (README model card).
 
 The caller's model is never changed: :func:`adapt_to_seeds` returns a fine-tuned copy, so one
 loaded checkpoint serves every video of a corpus. BatchNorm stays frozen (running statistics,
