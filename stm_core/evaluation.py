@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .adaptation import Adaptation, adapt_to_seeds
-from .io import VideoFolder, frame_size, iter_frames, list_videos, read_frame, read_seeds
+from .io import VideoFolder, frame_size, iter_frames, list_videos, read_frames_at, read_seeds
 from .metrics import SequenceScores, evaluate_sequence, summarize
 from .model.network import STM
 from .propagation import propagate
@@ -49,7 +49,7 @@ def evaluate_video(
     annotations = read_seeds(video, size, resize_mismatched=resize_mismatched)
     seeds = first_appearance_seeds(annotations)
     if adaptation is not None and adaptation.enabled:
-        seed_frames = {t: read_frame(video.frame_paths[t]) for t in seeds}
+        seed_frames = read_frames_at(video, seeds, size)
         model = adapt_to_seeds(model, seed_frames, seeds, adaptation)
     annotated = sorted(annotations)
     predictions: dict[int, np.ndarray] = {}

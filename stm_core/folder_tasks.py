@@ -17,7 +17,7 @@ from .io import (
     iter_frames,
     natural_key,
     read_annotations,
-    read_frame,
+    read_frames_at,
     read_seeds,
     video_from_dirs,
     write_mask,
@@ -50,7 +50,7 @@ def propagate_folder(
     size = frame_size(video)
     seeds = read_seeds(video, size, resize_mismatched=resize_seeds)
     if adaptation is not None and adaptation.enabled:
-        seed_frames = {t: read_frame(video.frame_paths[t]) for t in seeds}
+        seed_frames = read_frames_at(video, seeds, size)
         model = adapt_to_seeds(model, seed_frames, seeds, adaptation)
     out_dir = Path(out_dir)
     names = video.frame_names()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,12 +377,30 @@ def iter_frames(video: VideoFolder, expected_size: Size | None = None) -> Iterat
         got: Size = (frame.shape[0], frame.shape[1])
         if size is None:
             size = got
-        elif got != size:
-            raise InputError(
-                path,
-                f"frame size {_wh(got)} (width x height) differs from the video's {_wh(size)}",
-            )
+        _check_frame_size(path, got, size)
         yield frame
+
+
+def read_frames_at(
+    video: VideoFolder, indices: Iterable[int], expected_size: Size
+) -> dict[int, np.ndarray]:
+    """Frame index -> ``H x W x 3`` uint8 frame for just ``indices`` (e.g. the seed frames),
+    with the same size check as :func:`iter_frames`."""
+    frames = {}
+    for t in indices:
+        path = video.frame_paths[t]
+        frame = read_frame(path)
+        _check_frame_size(path, (frame.shape[0], frame.shape[1]), expected_size)
+        frames[t] = frame
+    return frames
+
+
+def _check_frame_size(path: Path, got: Size, size: Size) -> None:
+    if got != size:
+        raise InputError(
+            path,
+            f"frame size {_wh(got)} (width x height) differs from the video's {_wh(size)}",
+        )
 
 
 def _resize_nearest(labels: np.ndarray, size: Size) -> np.ndarray:

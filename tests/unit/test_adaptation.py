@@ -135,3 +135,24 @@ def test_bad_seed_input_is_named(random_stm, frames, seeds, match):
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(InputError, match=match):
         Adaptation(**kwargs)
+
+
+def test_a_seed_frame_of_the_wrong_size_is_named_before_adapting(tmp_path, random_stm):
+    from PIL import Image
+
+    from stm_core.evaluation import evaluate_video
+    from stm_core.io import video_from_dirs, write_mask
+
+    (tmp_path / "f").mkdir()
+    for t in range(3):
+        Image.new("RGB", (64, 48)).save(tmp_path / "f" / f"{t:05d}.jpg")
+        mask = np.zeros((48, 64), np.uint8)
+        mask[10:30, 10:30] = 1
+        write_mask(tmp_path / "m" / f"{t:05d}.png", mask)
+    second_seed = np.zeros((48, 64), np.uint8)
+    second_seed[5:9, 40:50] = 2
+    write_mask(tmp_path / "m" / "00001.png", np.maximum(second_seed, mask))
+    Image.new("RGB", (80, 48)).save(tmp_path / "f" / "00001.jpg")  # object 2's seed frame
+    video = video_from_dirs(tmp_path / "f", tmp_path / "m", "odd")
+    with pytest.raises(InputError, match=r"00001\.jpg.*80x48"):
+        evaluate_video(random_stm, video, adaptation=SMALL)
