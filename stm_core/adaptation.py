@@ -151,6 +151,7 @@ def _clip_item(
     Any object with a few pixels left in the clip's first frame counts, so a small seeded
     object still trains; a draw in which every object is warped out of view is redrawn.
     """
+    from .training.datasets import clip_item
     from .training.lucid_clips import lucid_clip
     from .training.static_clips import static_clip
 
@@ -165,12 +166,5 @@ def _clip_item(
                 )
         except InputError:
             continue
-        return {
-            "frames": torch.from_numpy(
-                np.ascontiguousarray(frames.transpose(0, 3, 1, 2)).astype(np.float32)
-                * np.float32(1.0 / 255.0)
-            ),
-            "masks": torch.from_numpy(labels.astype(np.int64)),
-            "num_objects": int(labels[0].max()),
-        }
+        return clip_item(frames, labels)
     raise InputError(None, f"no seed object stayed in view in {_CLIP_TRIES} adaptation clips")

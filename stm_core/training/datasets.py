@@ -177,15 +177,21 @@ class ClipDataset(Dataset):
             )
             if look_rng.random() < self.sensor_look_prob:
                 frames = sensor_look(frames, look_rng)
-        return {
-            # numpy converts uint8 -> float32 several times faster than torch's .float() here
-            "frames": torch.from_numpy(
-                np.ascontiguousarray(frames.transpose(0, 3, 1, 2)).astype(np.float32)
-                * np.float32(1.0 / 255.0)
-            ),
-            "masks": torch.from_numpy(masks.astype(np.int64)),
-            "num_objects": int(masks[0].max()),
-        }
+        return clip_item(frames, masks)
+
+
+def clip_item(frames: np.ndarray, masks: np.ndarray) -> dict[str, torch.Tensor | int]:
+    """A clip (frames T x H x W x 3 uint8, masks T x H x W with ids 1..k) as one item of a
+    :func:`collate_clips` batch: frames T x 3 x H x W float32 in [0, 1], masks int64."""
+    return {
+        # numpy converts uint8 -> float32 several times faster than torch's .float() here
+        "frames": torch.from_numpy(
+            np.ascontiguousarray(frames.transpose(0, 3, 1, 2)).astype(np.float32)
+            * np.float32(1.0 / 255.0)
+        ),
+        "masks": torch.from_numpy(masks.astype(np.int64)),
+        "num_objects": int(masks[0].max()),
+    }
 
 
 def one_hot_masks(masks: torch.Tensor, max_objects: int) -> torch.Tensor:

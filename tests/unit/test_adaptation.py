@@ -10,7 +10,7 @@ from stm_core import STM, InputError, load_model
 from stm_core.adaptation import Adaptation, adapt_to_seeds
 from stm_core.assets import default_checkpoint_path
 from stm_core.training.clip_model import ClipSTM, clip_loss
-from stm_core.training.datasets import collate_clips
+from stm_core.training.datasets import clip_item, collate_clips
 from stm_core.training.heldout import heldout_videos
 from stm_core.training.static_clips import static_clip
 
@@ -37,13 +37,7 @@ def _clip_batch(frame: np.ndarray, mask: np.ndarray, seed: int, n: int) -> dict:
     items = []
     for _ in range(n):
         frames, labels = static_clip(frame, mask, rng, 3, (96, 96), 3)
-        items.append(
-            {
-                "frames": torch.from_numpy(frames.transpose(0, 3, 1, 2).astype(np.float32) / 255),
-                "masks": torch.from_numpy(labels.astype(np.int64)),
-                "num_objects": int(labels[0].max()),
-            }
-        )
+        items.append(clip_item(frames, labels))
     return collate_clips(items, 3)
 
 
