@@ -150,3 +150,16 @@ def test_a_seed_frame_of_the_wrong_size_is_named_before_adapting(tmp_path, rando
     video = video_from_dirs(tmp_path / "f", tmp_path / "m", "odd")
     with pytest.raises(InputError, match=r"00001\.jpg.*80x48"):
         evaluate_video(random_stm, video, adaptation=SMALL)
+
+
+def test_job_config_defaults_match_the_library_defaults():
+    """schemas/ cannot import stm_core (torch), so the job config repeats Adaptation's
+    defaults; this keeps the two in step (only ``steps`` differs: the job's default is off)."""
+    import dataclasses
+
+    from schemas.label_job import AdaptationConfig
+
+    library = dataclasses.asdict(Adaptation())
+    config = AdaptationConfig().model_dump()
+    assert config.pop("steps") == 0 and library.pop("steps") > 0
+    assert config == library
