@@ -44,15 +44,18 @@ def load_model(source: CheckpointSource, device: str | torch.device | None = Non
     checkpoint = _read(source)
     name = _describe(source)
     if checkpoint.get("format") == FORMAT:
-        trunk = checkpoint.get("arch", {}).get("trunk")
+        arch = checkpoint.get("arch", {})
+        trunk = arch.get("trunk")
+        window = arch.get("newest_frame_window")
         state = checkpoint.get("state_dict")
         if not isinstance(state, Mapping):
             raise CheckpointError(f"{name}: checkpoint has no state_dict")
     else:
         state = _strip_prefix(checkpoint)
         trunk = _infer_trunk(state, name)
+        window = None
     try:
-        model = STM(trunk)
+        model = STM(trunk, newest_frame_window=window)
     except ValueError as exc:
         raise CheckpointError(f"{name}: {exc}") from None
     _load_strict(model, state, name)
@@ -72,7 +75,7 @@ def save_checkpoint(
     }
     payload = {
         "format": FORMAT,
-        "arch": {"trunk": model.spec.name},
+        "arch": {"trunk": model.spec.name, "newest_frame_window": model.newest_frame_window},
         "state_dict": state,
         "metadata": dict(metadata or {}),
     }
