@@ -27,9 +27,6 @@ class DataConfig(StrictModel):
     lookalike_prob: float = Field(0.0, ge=0.0, le=1.0)
     # Clips filmed through a random dim / flat / tinted / grainy sensor look (both stages).
     sensor_look_prob: float = Field(0.0, ge=0.0, le=1.0)
-    # A video clip's last frame at most this many frames after its middle one (None: the
-    # curriculum's skip for every gap): the previous frame at inference is one frame back.
-    last_gap_max: int | None = Field(None, ge=1)
     # A data-engine selection table (schemas.tables.SELECTION) over the videos of corpus_uri:
     # its selected frames and masks become a source drawn with probability selection_prob.
     selection_uri: str | None = None
@@ -59,10 +56,6 @@ class TrainConfig(StrictModel):
     stage: Literal["static", "video"] = "static"
     trunk: Literal["resnet18", "resnet50"] = "resnet18"
     init_checkpoint: str | None = Field(None, description="start from these weights")
-    # Read the newest memory frame, when it is a prediction, only within this many 1/16-scale
-    # cells of each position (stm_core.model.ops.newest_frame_window); None: the paper's global
-    # read. Saved in the checkpoint, so inference reads memory the way training did.
-    newest_frame_window: int | None = Field(None, ge=0)
     crop: tuple[int, int] = (224, 224)
     num_frames: int = Field(3, ge=2)
     max_objects: int = Field(3, ge=1, le=10)

@@ -44,18 +44,15 @@ def load_model(source: CheckpointSource, device: str | torch.device | None = Non
     checkpoint = _read(source)
     name = _describe(source)
     if checkpoint.get("format") == FORMAT:
-        arch = checkpoint.get("arch", {})
-        trunk = arch.get("trunk")
-        window = arch.get("newest_frame_window")
+        trunk = checkpoint.get("arch", {}).get("trunk")
         state = checkpoint.get("state_dict")
         if not isinstance(state, Mapping):
             raise CheckpointError(f"{name}: checkpoint has no state_dict")
     else:
         state = _strip_prefix(checkpoint)
         trunk = _infer_trunk(state, name)
-        window = None
     try:
-        model = STM(trunk, newest_frame_window=window)
+        model = STM(trunk)
     except ValueError as exc:
         raise CheckpointError(f"{name}: {exc}") from None
     _load_strict(model, state, name)
@@ -75,7 +72,7 @@ def save_checkpoint(
     }
     payload = {
         "format": FORMAT,
-        "arch": {"trunk": model.spec.name, "newest_frame_window": model.newest_frame_window},
+        "arch": {"trunk": model.spec.name},
         "state_dict": state,
         "metadata": dict(metadata or {}),
     }

@@ -58,13 +58,6 @@ class MemoryBank:
         temp = [] if self._temporary is None else [self._temporary.frame_index]
         return self.permanent_frames + temp
 
-    @property
-    def newest(self) -> MemoryEntry | None:
-        """The entry a read puts last: the temporary one, else the latest permanent one."""
-        if self._temporary is not None:
-            return self._temporary
-        return self._permanent[-1] if self._permanent else None
-
     def add(self, entry: MemoryEntry, permanent: bool) -> list[int]:
         """Store the newest frame's entry; it replaces the temporary entry either way.
 

@@ -15,8 +15,6 @@ Generalisations beyond the release:
   claims are taken from every other object, and the frame goes into memory.
 - Every seed frame is a pinned permanent entry; other permanent entries are every ``mem_every``-th
   frame counted from the first seed, capped by ``max_memory_frames`` (see memory_bank.py).
-- A model with ``newest_frame_window`` set (trained so) reads the previous frame's entry only
-  near each position when that frame is a prediction; a seed frame is always read globally.
 """
 
 from __future__ import annotations
@@ -136,12 +134,10 @@ class VideoSession:
         """Probabilities (1 + N) x Hp x Wp of the known objects on this frame."""
         query = self.model.encode_query(image)
         object_probs = torch.empty((len(self.object_ids), *image.shape[-2:]), device=self.device)
-        newest = self.bank.newest  # the previous frame: every read ends with it
-        propagated = newest is not None and not newest.pinned
         for since, group in self._groups():
             keys, values = self.bank.read(group, since)
             rows = [self.object_ids.index(o) for o in group]
-            object_probs[rows] = self.model.segment(query, keys, values, propagated)
+            object_probs[rows] = self.model.segment(query, keys, values)
         return F.softmax(soft_aggregate(object_probs), dim=0)
 
     def _groups(self) -> list[tuple[int, tuple[int, ...]]]:

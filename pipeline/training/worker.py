@@ -67,7 +67,6 @@ def build_dataset(config: TrainConfig) -> ClipDataset:
         recolour_prob=config.data.recolour_prob,
         lookalike_prob=config.data.lookalike_prob,
         sensor_look_prob=config.data.sensor_look_prob,
-        last_gap_max=config.data.last_gap_max,
     )
 
 
@@ -105,7 +104,6 @@ def run_worker(
     if config.threads_per_worker:
         torch.set_num_threads(config.threads_per_worker)
     stm = load_model(resume_dir / MODEL_FILE, device="cpu") if resume_dir else initial_model(config)
-    stm.newest_frame_window = config.newest_frame_window  # the config decides how memory is read
     trainer = Trainer(
         stm,
         lr=config.lr,

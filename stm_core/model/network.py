@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .blocks import KeyValue
 from .decoder import Decoder
 from .encoders import MemoryEncoder, QueryEncoder
-from .ops import newest_frame_window, read_memory, to_tokens
+from .ops import read_memory, to_tokens
 from .trunks import TrunkSpec, trunk_spec
 
 
@@ -37,17 +37,8 @@ class QueryFeatures:
 
 
 class STM(nn.Module):
-    """``newest_frame_window``: None (the paper's read: every memory position, globally) or a
-    radius r in 1/16-scale cells: when the newest memory frame is a propagated one (the previous
-    frame, not a seed), it is read only within r cells of each query position (see
-    :func:`ops.newest_frame_window`). It holds no weights, so the state dict is the same either
-    way; a model must be trained with it to use it, and checkpoints record it."""
-
-    def __init__(self, trunk: str = "resnet50", newest_frame_window: int | None = None) -> None:
+    def __init__(self, trunk: str = "resnet50") -> None:
         super().__init__()
-        if newest_frame_window is not None and newest_frame_window < 0:
-            raise ValueError(f"newest_frame_window must be >= 0, got {newest_frame_window}")
-        self.newest_frame_window = newest_frame_window
         self.spec: TrunkSpec = trunk_spec(trunk)
         s = self.spec
         self.Encoder_M = MemoryEncoder(s.name)
@@ -82,27 +73,16 @@ class STM(nn.Module):
         return QueryFeatures(key=to_tokens(key), value=value, f8=f8, f4=f4)
 
     def segment(
-        self,
-        query: QueryFeatures,
-        memory_keys: torch.Tensor,
-        memory_values: torch.Tensor,
-        newest_propagated: bool = False,
+        self, query: QueryFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor
     ) -> torch.Tensor:
         """Foreground probability of N objects on one frame.
 
         ``memory_keys``: N x M x Ck and ``memory_values``: N x M x Cv (M = T*h*w), one row per
-        object, the newest frame last; ``query`` of batch 1 (shared by the objects) or N -> N x
-        H x W probabilities. ``newest_propagated``: the newest memory frame is a prediction
-        (not a seed), so ``newest_frame_window`` applies to it.
+        object; ``query`` of batch 1 (shared by the objects) or N -> N x H x W probabilities.
         """
         n = memory_keys.shape[0]
+        readout = read_memory(memory_keys, memory_values, _per_object(query.key, n))
         h, w = query.value.shape[-2:]
-        allowed = None
-        if newest_propagated and self.newest_frame_window is not None:
-            allowed = newest_frame_window(
-                h, w, self.newest_frame_window, memory_keys.shape[1], memory_keys.device
-            )
-        readout = read_memory(memory_keys, memory_values, _per_object(query.key, n), allowed)
         readout = readout.transpose(1, 2).reshape(n, -1, h, w)  # N x Cv x h x w
         fused = torch.cat([readout, _per_object(query.value, n)], dim=1)
         logits = self.Decoder(fused, _per_object(query.f8, n), _per_object(query.f4, n))

@@ -37,10 +37,7 @@ def to_tokens(feature: torch.Tensor) -> torch.Tensor:
 
 
 def read_memory(
-    memory_keys: torch.Tensor,
-    memory_values: torch.Tensor,
-    query_key: torch.Tensor,
-    allowed: torch.Tensor | None = None,
+    memory_keys: torch.Tensor, memory_values: torch.Tensor, query_key: torch.Tensor
 ) -> torch.Tensor:
     """Space-time memory read.
 
@@ -49,43 +46,11 @@ def read_memory(
 
     Each query position takes a softmax over all M memory positions of key dot products scaled by
     1/sqrt(Ck): exactly scaled dot-product attention, so torch's fused kernel does it without
-    materialising the M x N affinity when it can. ``allowed`` (N x M bool, see
-    :func:`newest_frame_window`) restricts which memory positions each query position reads.
+    materialising the M x N affinity when it can.
     """
     return F.scaled_dot_product_attention(
-        query_key.unsqueeze(1),
-        memory_keys.unsqueeze(1),
-        memory_values.unsqueeze(1),
-        attn_mask=allowed,
+        query_key.unsqueeze(1), memory_keys.unsqueeze(1), memory_values.unsqueeze(1)
     ).squeeze(1)
-
-
-def newest_frame_window(
-    h: int, w: int, radius: int, memory_tokens: int, device: torch.device | None = None
-) -> torch.Tensor:
-    """Which memory positions each query position may read when the newest memory frame is
-    read locally: (h*w) x M bool, True everywhere except in the last h*w columns (the newest
-    frame, tokens in row-major order like the query's), where a query cell reads only the cells
-    at most ``radius`` away in both directions.
-
-    Why: a global read matches appearance anywhere in the frame, so two objects that look alike
-    swap labels. The previous frame is one step away in time; reading it only near each position
-    (the local matching of FEELVOS and CFBI, AOT's short-term attention) tells look-alikes apart
-    by where they were, while the older frames stay global so an object can be found again
-    anywhere.
-    """
-    if radius < 0:
-        raise ValueError(f"radius must be >= 0, got {radius}")
-    if memory_tokens < h * w:
-        raise ValueError(f"{memory_tokens} memory tokens cannot hold a {h}x{w} newest frame")
-    ys = torch.arange(h, device=device).repeat_interleave(w)
-    xs = torch.arange(w, device=device).repeat(h)
-    near = ((ys[:, None] - ys[None, :]).abs() <= radius) & (
-        (xs[:, None] - xs[None, :]).abs() <= radius
-    )
-    allowed = torch.ones(h * w, memory_tokens, dtype=torch.bool, device=device)
-    allowed[:, memory_tokens - h * w :] = near
-    return allowed
 
 
 def soft_aggregate(object_probs: torch.Tensor) -> torch.Tensor:

@@ -47,10 +47,7 @@ class ClipSTM(nn.Module):
         for i in range(1, t):
             query = _select(self.stm.encode_query(frames[:, i]), sample_of_row)
             probs = frames.new_zeros(b * k, h, w)
-            # From frame 2 on the newest memory frame is a prediction, as the previous frame is
-            # at inference; frame 1 reads only the ground-truth frame 0.
-            segmented = self.stm.segment(query, mem_keys, mem_values, newest_propagated=i >= 2)
-            probs[rows] = segmented.to(probs.dtype)
+            probs[rows] = self.stm.segment(query, mem_keys, mem_values).to(probs.dtype)
             logits = soft_aggregate(probs.view(b, k, h, w))
             outputs.append(logits)
             if i + 1 < t:

@@ -69,7 +69,6 @@ class ClipDataset(Dataset):
         recolour_prob: float = 0.0,
         lookalike_prob: float = 0.0,
         sensor_look_prob: float = 0.0,
-        last_gap_max: int | None = None,
     ) -> None:
         if length < 1:
             raise InputError("length", f"must be >= 1, got {length}")
@@ -99,9 +98,6 @@ class ClipDataset(Dataset):
         self.recolour_prob = recolour_prob
         self.lookalike_prob = lookalike_prob
         self.sensor_look_prob = sensor_look_prob
-        if last_gap_max is not None and last_gap_max < 1:
-            raise InputError("last_gap_max", f"must be >= 1, got {last_gap_max}")
-        self.last_gap_max = last_gap_max
 
     def __len__(self) -> int:
         return self.length
@@ -164,7 +160,6 @@ class ClipDataset(Dataset):
                     self.crop,
                     self.max_objects,
                     scale_range=scale,
-                    last_gap_max=self.last_gap_max,
                 )
             except InputError as err:
                 logger.debug("%s unusable: %s", where, err)

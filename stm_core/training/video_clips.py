@@ -58,18 +58,10 @@ def max_skip_schedule(
 
 
 def sample_frame_indices(
-    num_available: int,
-    rng: np.random.Generator,
-    num_frames: int = 3,
-    max_skip: int = 0,
-    last_gap_max: int | None = None,
+    num_available: int, rng: np.random.Generator, num_frames: int = 3, max_skip: int = 0
 ) -> list[int]:
     """``num_frames`` indices into a video of ``num_available`` frames, increasing, each gap
     ``1 + skip`` with skip uniform in 0..max_skip (shrunk so the clip fits in the video).
-    ``last_gap_max``: the last gap is instead uniform in 1..last_gap_max, so the last frame is
-    segmented with its predecessor a few frames back, as the previous frame is at inference,
-    while the first frame stays far back (None: the paper's equal gaps; the same draws as
-    before the option existed).
 
     A video shorter than ``num_frames`` repeats its last frame (gaps of 0) rather than failing,
     so very short annotated sequences can still be used.
@@ -78,16 +70,12 @@ def sample_frame_indices(
         raise InputError("video", "has no frames")
     if num_frames < 1 or max_skip < 0:
         raise InputError("sample_frame_indices", "num_frames must be >= 1 and max_skip >= 0")
-    if last_gap_max is not None and last_gap_max < 1:
-        raise InputError("sample_frame_indices", f"last_gap_max must be >= 1, got {last_gap_max}")
     if num_available < num_frames:
         return [min(i, num_available - 1) for i in range(num_frames)]
     gaps_room = num_available - 1  # the largest total span that fits
     largest_gap = min(max_skip + 1, gaps_room // max(num_frames - 1, 1)) if num_frames > 1 else 1
     largest_gap = max(largest_gap, 1)
     gaps = rng.integers(1, largest_gap + 1, num_frames - 1)
-    if last_gap_max is not None and num_frames > 1:
-        gaps[-1] = rng.integers(1, min(last_gap_max, largest_gap) + 1)
     span = int(gaps.sum())
     first = int(rng.integers(0, num_available - span))
     return [first, *(first + np.cumsum(gaps)).tolist()]
@@ -105,17 +93,16 @@ def sample_video_clip(
     flip_prob: float = 0.5,
     min_pixels: int | None = None,
     max_tries: int = 10,
-    last_gap_max: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A training clip from one video (paper's stage 2).
 
     ``video_frames[i]`` is H x W x 3 uint8 and ``video_masks[i]`` H x W integer ids. Frames are
-    sampled by ``sample_frame_indices`` (with ``max_skip`` and ``last_gap_max``); each is scaled
-    by ``s`` (uniform in ``scale_range`` when given, else 1, and never less than needed to cover
-    the crop), mirrored with ``flip_prob``, and cropped to ``crop`` = (H, W) around a random
-    object of the first sampled frame (its whole box when it fits, else one of its pixels).
-    Objects with fewer than ``min_pixels`` (default 0.2 % of the crop, at least 16) pixels in the
-    first cropped frame are dropped; 1..``max_objects`` of the rest are kept and renumbered 1..k.
+    sampled by ``sample_frame_indices``; each is scaled by ``s`` (uniform in ``scale_range`` when
+    given, else 1, and never less than needed to cover the crop), mirrored with ``flip_prob``,
+    and cropped to ``crop`` = (H, W) around a random object of the first sampled frame (its whole
+    box when it fits, else one of its pixels). Objects with fewer than ``min_pixels`` (default
+    0.2 % of the crop, at least 16) pixels in the first cropped frame are dropped; 1..
+    ``max_objects`` of the rest are kept and renumbered 1..k.
 
     Returns (frames T x H x W x 3 uint8, masks T x H x W uint8). Raises InputError when the frames
     and masks disagree in count or size, or no attempt in ``max_tries`` finds an object.
@@ -128,7 +115,7 @@ def sample_video_clip(
     if min_pixels is None:
         min_pixels = max(16, int(0.002 * crop_h * crop_w))
     for _ in range(max_tries):
-        indices = sample_frame_indices(len(video_frames), rng, num_frames, max_skip, last_gap_max)
+        indices = sample_frame_indices(len(video_frames), rng, num_frames, max_skip)
         first_mask = np.asarray(video_masks[indices[0]])
         ids = np.unique(first_mask)
         ids = ids[ids > 0]

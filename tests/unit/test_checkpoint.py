@@ -46,21 +46,6 @@ def test_project_format_round_trip_file_object_and_metadata(r18):
     assert read_metadata(buffer) == {"steps": 3}
 
 
-def test_newest_frame_window_is_saved_with_the_weights(tmp_path):
-    """A model trained to read its previous frame locally must be read that way at inference;
-    older project checkpoints and the official file read globally."""
-    windowed = STM("resnet18", newest_frame_window=3)
-    save_checkpoint(windowed, tmp_path / "windowed.pt")
-    assert load_model(tmp_path / "windowed.pt", device="cpu").newest_frame_window == 3
-    save_checkpoint(STM("resnet18"), tmp_path / "global.pt")
-    assert load_model(tmp_path / "global.pt", device="cpu").newest_frame_window is None
-    older = torch.load(tmp_path / "windowed.pt", weights_only=True)
-    del older["arch"]["newest_frame_window"]
-    assert load_model(older, device="cpu").newest_frame_window is None
-    official = dict(STM("resnet18").state_dict())
-    assert load_model(official, device="cpu").newest_frame_window is None
-
-
 def test_half_precision_checkpoint_loads_as_float32(r18, tmp_path):
     path = tmp_path / "half.pt"
     save_checkpoint(r18, path, half=True)

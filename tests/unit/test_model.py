@@ -10,13 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from stm_core import STM
-from stm_core.model.ops import (
-    newest_frame_window,
-    pad_to_multiple,
-    read_memory,
-    soft_aggregate,
-    unpad,
-)
+from stm_core.model.ops import pad_to_multiple, read_memory, soft_aggregate, unpad
 
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec" / "stm_official_state_dict.json"
 
@@ -85,59 +79,3 @@ def test_soft_aggregation_matches_its_definition():
     torch.testing.assert_close(out.sum(0), torch.ones(1, 2))
     # An object certain at a pixel wins it.
     assert out[:, 0, 1].argmax() == 2
-
-
-def test_newest_frame_window_restricts_only_the_newest_frame():
-    h, w, r = 4, 5, 1
-    allowed = newest_frame_window(h, w, r, memory_tokens=3 * h * w)
-    assert allowed.shape == (h * w, 3 * h * w) and allowed.dtype == torch.bool
-    assert allowed[:, : 2 * h * w].all()  # older frames: read everywhere
-    newest = allowed[:, 2 * h * w :]
-    for q in range(h * w):
-        qy, qx = divmod(q, w)
-        for m in range(h * w):
-            my, mx = divmod(m, w)
-            assert bool(newest[q, m]) == (abs(qy - my) <= r and abs(qx - mx) <= r), (q, m)
-    with pytest.raises(ValueError, match="radius"):
-        newest_frame_window(h, w, -1, h * w)
-    with pytest.raises(ValueError, match="cannot hold"):
-        newest_frame_window(h, w, 1, h * w - 1)
-
-
-def test_windowed_read_ignores_far_look_alikes_in_the_newest_frame():
-    """Two newest-frame positions with the same key but different values: a global read blends
-    them; the windowed read takes only the near one."""
-    h, w, ck = 1, 6, 4
-    keys = torch.zeros(1, h * w, ck)
-    keys[0, 0] = keys[0, 5] = torch.tensor([8.0, 0, 0, 0])
-    values = torch.zeros(1, h * w, 1)
-    values[0, 0], values[0, 5] = 1.0, -1.0
-    query = torch.zeros(1, h * w, ck)
-    query[0, 0] = torch.tensor([8.0, 0, 0, 0])  # query cell 0 looks like both
-    glob = read_memory(keys, values, query)[0, 0, 0]
-    local = read_memory(keys, values, query, newest_frame_window(h, w, 1, h * w))[0, 0, 0]
-    assert abs(float(glob)) < 1e-3
-    assert float(local) > 0.99
-
-
-def test_segment_window_applies_only_to_a_propagated_newest_frame():
-    torch.manual_seed(0)
-    model = STM("resnet18").eval()
-    frames = torch.rand(3, 3, 64, 96)
-    masks = (torch.rand(2, 1, 64, 96) > 0.5).float()
-    with torch.inference_mode():
-        entries = [model.encode_memory(frames[i : i + 1], masks[i], 1 - masks[i]) for i in (0, 1)]
-        keys = torch.cat([k for k, _ in entries], 1)
-        values = torch.cat([v for _, v in entries], 1)
-        query = model.encode_query(frames[2:3])
-        plain = model.segment(query, keys, values, newest_propagated=True)
-        model.newest_frame_window = 1
-        windowed = model.segment(query, keys, values, newest_propagated=True)
-        seed_newest = model.segment(query, keys, values, newest_propagated=False)
-        model.newest_frame_window = 6  # covers the whole 4 x 6 grid: the global read again
-        wide = model.segment(query, keys, values, newest_propagated=True)
-    assert torch.equal(seed_newest, plain)
-    torch.testing.assert_close(wide, plain, atol=1e-6, rtol=1e-5)
-    assert (windowed - plain).abs().max() > 1e-4
-    with pytest.raises(ValueError, match="newest_frame_window"):
-        STM("resnet18", newest_frame_window=-1)

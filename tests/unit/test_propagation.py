@@ -1,7 +1,5 @@
 """propagate(): the output contract, streaming, late objects, corrections and bad input."""
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -145,15 +143,3 @@ def test_bad_input_is_named(model, frames, seeds, message):
 def test_bad_options(model):
     with pytest.raises(ValueError, match="mem_every must be >= 1"):
         list(propagate(model, _frames(1), {0: _box(1, 1, 1)}, mem_every=0))
-
-
-def test_a_windowed_model_reads_a_seed_frame_globally_and_a_predicted_one_locally(model):
-    """Frame 1's newest memory is the seed frame: read globally, so the windowed model agrees
-    with the global one there; from frame 2 the newest memory is a prediction, read locally."""
-    windowed = copy.deepcopy(model)
-    windowed.newest_frame_window = 0
-    frames, seeds = _frames(4), {0: _box(1, 5, 5) + _box(2, 20, 30)}
-    plain = list(propagate(model, frames, seeds))
-    local = list(propagate(windowed, frames, seeds))
-    np.testing.assert_array_equal(local[1].probs, plain[1].probs)
-    assert np.abs(local[2].probs - plain[2].probs).max() > 1e-4

@@ -467,24 +467,6 @@ def test_frame_indices_are_ordered_and_gaps_bounded() -> None:
     assert idx[-1] < 5 and (np.diff(idx) >= 1).all()
 
 
-def test_last_gap_max_brings_the_last_frame_close_and_leaves_the_rest() -> None:
-    rng = np.random.default_rng(1)
-    first_gaps, last_gaps = set(), set()
-    for _ in range(300):
-        idx = sample_frame_indices(40, rng, 3, max_skip=9, last_gap_max=2)
-        first_gaps.add(idx[1] - idx[0])
-        last_gaps.add(idx[2] - idx[1])
-        assert idx[0] >= 0 and idx[-1] < 40
-    assert last_gaps == {1, 2}
-    assert first_gaps == set(range(1, 11))
-    # None is the paper's sampling, draw for draw.
-    a, b = np.random.default_rng(5), np.random.default_rng(5)
-    for _ in range(20):
-        assert sample_frame_indices(40, a, 3, 9) == sample_frame_indices(40, b, 3, 9, None)
-    with pytest.raises(InputError, match="last_gap_max"):
-        sample_frame_indices(40, rng, 3, 9, last_gap_max=0)
-
-
 def _indexed_video(num: int = 30, height: int = 80, width: int = 120) -> tuple:
     """Frames whose red channel is the frame index and green channel the column; one 10 x 10
     object in the bottom-right corner."""

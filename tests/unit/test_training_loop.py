@@ -22,9 +22,8 @@ from pydantic import ValidationError
 from pipeline.training.worker import build_dataset
 from schemas.common import load_config
 from schemas.training import TrainConfig
-from stm_core import STM, load_model, save_checkpoint
+from stm_core import STM, load_model
 from stm_core.checkpoint import read_metadata
-from stm_core.training.clip_model import ClipSTM
 from stm_core.training.datasets import ClipDataset, collate_clips
 from stm_core.training.loop import Trainer, batch_for_step, lr_factor
 
@@ -207,8 +206,6 @@ def test_train_config_recolour_reaches_the_dataset():
     config = TrainConfig.model_validate({"data": {"lookalike_prob": 0.3, "sensor_look_prob": 0.2}})
     dataset = build_dataset(config)
     assert (dataset.lookalike_prob, dataset.sensor_look_prob) == (0.3, 0.2)
-    assert dataset.last_gap_max is None
-    assert build_dataset(TrainConfig(data={"last_gap_max": 2})).last_gap_max == 2
 
 
 TRAIN_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("train_*.yaml"))
@@ -286,39 +283,6 @@ def test_train_local_checkpoints_and_resumes(tmp_path, caplog):
     trained = second.stm.state_dict()
     for key, value in model.state_dict().items():
         assert torch.equal(value, trained[key].cpu()), key
-
-
-def test_clip_model_reads_frame_0_globally_and_a_predicted_frame_locally(fixed_batch):
-    """Training unrolls like inference: frame 1 reads only the ground-truth frame 0 (a seed,
-    global); frame 2's newest memory is frame 1's prediction, read in the window."""
-    torch.manual_seed(0)
-    stm = STM("resnet18").eval()
-    frames = fixed_batch["frames"]
-    first = fixed_batch["one_hot"][:, 0, 1:]
-    valid = fixed_batch["valid"][:, 1:]
-    with torch.inference_mode():
-        plain = ClipSTM(stm)(frames, first, valid)
-        stm.newest_frame_window = 0
-        local = ClipSTM(stm)(frames, first, valid)
-    assert torch.equal(local[0], plain[0])
-    assert (local[1] - plain[1]).abs().max() > 1e-4
-
-
-def test_newest_frame_window_is_trained_with_and_saved(tmp_path):
-    """The config's window reaches the model the trainer runs (also over an init checkpoint that
-    had none) and the checkpoint, so inference reads memory the way training did."""
-    from pipeline.training.local import train_local
-
-    init = tmp_path / "init.pt"
-    save_checkpoint(STM("resnet18"), init)
-    settings = local_settings(tmp_path / "runs", stage="video", steps=1, newest_frame_window=2)
-    config = TrainConfig.model_validate(
-        settings | {"init_checkpoint": str(init), "data": {"seed": 0, "last_gap_max": 1}}
-    )
-    trainer = train_local(config)
-    assert trainer.stm.newest_frame_window == 2
-    model = load_model(tmp_path / "runs" / "tiny" / "checkpoint_0000001" / "model.pt")
-    assert model.newest_frame_window == 2
 
 
 def test_cli_train_local(tmp_path, capsys):
