@@ -8,7 +8,7 @@ and their ratio. Adaptation costs the same for a 30-frame and a 3,000-frame vide
 grows with the frame count, so the ratio is this video length's.
 
 Usage, from the repository root: ``python -m benchmarks.bench_adaptation [--steps 30]
-[--videos 5] [--threads N] [--out PATH]``. Writes JSON (default
+[--crop 192x192|frame] [--videos 5] [--threads N] [--out PATH]``. Writes JSON (default
 ``benchmarks/results/adaptation.json``) and prints a table.
 """
 
@@ -31,7 +31,7 @@ from benchmarks.common import (
     write_json,
 )
 from stm_core import load_model, propagate
-from stm_core.adaptation import Adaptation, adapt_to_seeds
+from stm_core.adaptation import Adaptation, adapt_to_seeds, parse_crop
 from stm_core.assets import default_checkpoint_path
 from stm_core.training.heldout import heldout_videos
 
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=Adaptation.steps)
     parser.add_argument("--videos", type=int, default=5)
+    parser.add_argument("--crop", default="192x192", help="clip size: HxW or 'frame'")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: shipped model")
     parser.add_argument("--out", type=Path, default=default_out("adaptation"))
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if checkpoint is None:
         raise SystemExit("no --checkpoint given and this installation ships no model")
     model = load_model(checkpoint, device="cpu")
-    adaptation = Adaptation(steps=args.steps)
+    adaptation = Adaptation(steps=args.steps, crop=parse_crop(args.crop))
     rows, adapt_s, propagate_s = [], [], []
     for video in heldout_videos(args.videos, 30, seed_base=0):
         seeds = {0: video.masks[0]}

@@ -25,7 +25,7 @@ import torch
 
 from benchmarks.common import checkpoint_identity
 from stm_core import load_model
-from stm_core.adaptation import Adaptation
+from stm_core.adaptation import Adaptation, parse_crop
 from stm_core.evaluation import evaluate_root
 from stm_core.metrics import format_table
 from stm_core.training.heldout import evaluation_videos, heldout_videos, save_as_davis
@@ -53,12 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--adapt-seed", type=int, default=Adaptation.seed, help="the adaptation clips' seed"
     )
+    parser.add_argument(
+        "--adapt-crop", default="192x192", help="adaptation clip size: HxW or 'frame'"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_eval.json"))
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint, device="cpu")
-    adaptation = Adaptation(steps=args.adapt_steps, lr=args.adapt_lr, seed=args.adapt_seed)
+    adaptation = Adaptation(
+        steps=args.adapt_steps,
+        lr=args.adapt_lr,
+        seed=args.adapt_seed,
+        crop=parse_crop(args.adapt_crop),
+    )
     result: dict = {
         **checkpoint_identity(args.checkpoint),
         "trunk": model.spec.name,

@@ -47,11 +47,13 @@ def _default_checkpoint() -> str:
 
 def cmd_propagate(args: argparse.Namespace) -> int:
     from stm_core import load_model
-    from stm_core.adaptation import Adaptation
+    from stm_core.adaptation import Adaptation, parse_crop
     from stm_core.folder_tasks import propagate_folder
 
+    adaptation = Adaptation(
+        steps=args.adapt_steps, lr=args.adapt_lr, crop=parse_crop(args.adapt_crop)
+    )
     model = load_model(args.checkpoint or _default_checkpoint(), device=args.device)
-    adaptation = Adaptation(steps=args.adapt_steps, lr=args.adapt_lr)
     n = propagate_folder(
         model,
         args.frames,
@@ -219,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(0 = off; 30 is the README's measured setting)",
     )
     p.add_argument("--adapt-lr", type=float, default=3e-5, help="learning rate of --adapt-steps")
+    p.add_argument(
+        "--adapt-crop",
+        default="192x192",
+        help="clip size of --adapt-steps: HxW, or 'frame' for the whole seed frame",
+    )
     p.set_defaults(func=cmd_propagate)
 
     e = sub.add_parser("evaluate", help="J&F of predicted masks against ground truth")

@@ -20,7 +20,11 @@ class AdaptationConfig(StrictModel):
     steps: int = Field(0, ge=0, le=10_000, description="0 = off; 30 is the measured setting")
     lr: float = Field(3e-5, gt=0, le=1e-2)
     batch_size: int = Field(4, ge=1, le=64, description="clips per step")
-    crop: tuple[int, int] = Field((192, 192), description="clip size, multiples of 16")
+    crop: tuple[int, int] | None = Field(
+        (192, 192),
+        description="clip size, multiples of 16; null = the whole seed frame (every object in "
+        "every clip; a step costs in proportion to the frame's pixels)",
+    )
     seed: int = Field(0, ge=0, description="the clips' random seed (same seed = same labels)")
     bf16: bool = Field(True, description="bfloat16 autocast in the forward pass")
     lucid_prob: float = Field(
@@ -29,8 +33,8 @@ class AdaptationConfig(StrictModel):
 
     @field_validator("crop")
     @classmethod
-    def _crop_multiple_of_16(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if any(c < 16 or c % 16 for c in value):
+    def _crop_multiple_of_16(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and any(c < 16 or c % 16 for c in value):
             raise ValueError(f"crop must be two multiples of 16 (>= 16), got {list(value)}")
         return value
 

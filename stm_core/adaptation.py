@@ -40,13 +40,15 @@ class Adaptation:
     The defaults are the ones measured in the README's model card (30 steps of 4 clips of 3
     frames at 192 x 192, AdamW at 3e-5, no weight decay). ``lucid_prob`` of the clips move each
     object on its own (:mod:`stm_core.training.lucid_clips`), the rest warp the whole frame
-    (:func:`~stm_core.training.static_clips.static_clip`).
+    (:func:`~stm_core.training.static_clips.static_clip`). ``crop=None`` makes every clip as
+    big as the seed frame (its sides rounded down to multiples of 16), so each clip holds every
+    object and the whole background; a step then costs in proportion to the frame's pixels.
     """
 
     steps: int = 30
     lr: float = 3e-5
     batch_size: int = 4
-    crop: tuple[int, int] = (192, 192)
+    crop: tuple[int, int] | None = (192, 192)
     seed: int = 0
     bf16: bool = True
     lucid_prob: float = 0.5
@@ -60,12 +62,27 @@ class Adaptation:
             raise InputError("adaptation.lucid_prob", f"must be in [0, 1], got {self.lucid_prob}")
         if self.batch_size < 1:
             raise InputError("adaptation.batch_size", f"must be >= 1, got {self.batch_size}")
-        if len(self.crop) != 2 or any(c < 16 or c % 16 for c in self.crop):
+        if self.crop is not None and (
+            len(self.crop) != 2 or any(c < 16 or c % 16 for c in self.crop)
+        ):
             raise InputError("adaptation.crop", f"must be two multiples of 16, got {self.crop}")
 
     @property
     def enabled(self) -> bool:
         return self.steps > 0
+
+
+def parse_crop(text: str) -> tuple[int, int] | None:
+    """A command line's clip size: ``frame`` (the whole seed frame, ``crop=None``) or ``HxW``
+    in pixels, e.g. ``192x192``."""
+    if text.strip().lower() == "frame":
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise InputError(
+            "adaptation crop", f"expected 'frame' or HxW such as 192x192, got {text!r}"
+        )
+    return int(parts[0]), int(parts[1])
 
 
 def adapt_to_seeds(
@@ -108,6 +125,7 @@ def adapt_to_seeds(
     if not pairs:
         raise InputError(None, "every seed mask is empty: nothing to adapt to")
     max_objects = max(int(np.count_nonzero(np.bincount(m.ravel())[1:])) for _, m in pairs)
+    crop = adaptation.crop or _frame_crop(pairs[0][0].shape[:2])
 
     device = next(model.parameters()).device
     tuned = copy.deepcopy(model)
@@ -127,7 +145,7 @@ def adapt_to_seeds(
     with torch.enable_grad():
         for _ in range(adaptation.steps):
             items = [
-                _clip_item(pairs, rng, adaptation, max_objects)
+                _clip_item(pairs, rng, adaptation.lucid_prob, crop, max_objects)
                 for _ in range(adaptation.batch_size)
             ]
             trainer.train_step(collate_clips(items, max_objects))
@@ -140,10 +158,19 @@ def adapt_to_seeds(
 _CLIP_TRIES = 20
 
 
+def _frame_crop(size: tuple[int, ...]) -> tuple[int, int]:
+    """The largest clip size (multiples of 16) that fits in a seed frame."""
+    h, w = size[0], size[1]
+    if h < 16 or w < 16:
+        raise InputError(None, f"a seed frame of {w}x{h} (W x H) is too small to adapt on")
+    return h - h % 16, w - w % 16
+
+
 def _clip_item(
     pairs: list[tuple[np.ndarray, np.ndarray]],
     rng: np.random.Generator,
-    adaptation: Adaptation,
+    lucid_prob: float,
+    crop: tuple[int, int],
     max_objects: int,
 ) -> dict[str, torch.Tensor | int]:
     """One training clip (``ClipDataset`` item layout) from a random seed frame.
@@ -158,11 +185,11 @@ def _clip_item(
     for _ in range(_CLIP_TRIES):
         frame, mask = pairs[int(rng.integers(len(pairs)))]
         try:
-            if adaptation.lucid_prob > 0.0 and rng.random() < adaptation.lucid_prob:
-                frames, labels = lucid_clip(frame, mask, rng, 3, adaptation.crop, max_objects)
+            if lucid_prob > 0.0 and rng.random() < lucid_prob:
+                frames, labels = lucid_clip(frame, mask, rng, 3, crop, max_objects)
             else:
                 frames, labels = static_clip(
-                    frame, mask, rng, 3, adaptation.crop, max_objects, min_pixels=4, keep_all=True
+                    frame, mask, rng, 3, crop, max_objects, min_pixels=4, keep_all=True
                 )
         except InputError:
             continue

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stm_core import STM, InputError, load_model
-from stm_core.adaptation import Adaptation, adapt_to_seeds
+from stm_core.adaptation import Adaptation, adapt_to_seeds, parse_crop
 from stm_core.assets import default_checkpoint_path
 from stm_core.training.clip_model import ClipSTM, clip_loss
 from stm_core.training.datasets import clip_item, collate_clips
@@ -102,6 +102,32 @@ def test_adaptation_uses_every_seed_frame(video, random_stm, monkeypatch):
     assert set(seen) == {10, 20}
 
 
+def test_whole_frame_clips_fit_the_seed_frame(video, random_stm, monkeypatch):
+    """crop=None: every clip is as big as the seed frame, sides rounded down to multiples of
+    16, so each one holds every object and the whole background."""
+    import stm_core.training.lucid_clips as lucid_clips
+    import stm_core.training.static_clips as static_clips
+
+    shapes: list[tuple[int, ...]] = []
+    real = static_clips.static_clip
+
+    def spy(*args, **kwargs):
+        frames, labels = real(*args, **kwargs)
+        shapes.append(frames.shape[1:3])
+        return frames, labels
+
+    monkeypatch.setattr(static_clips, "static_clip", spy)
+    monkeypatch.setattr(lucid_clips, "static_clip", spy)
+    frame = np.pad(video.frames[0], ((0, 7), (0, 13), (0, 0)))  # 103 x 173
+    mask = np.pad(video.masks[0], ((0, 7), (0, 13)))
+    whole = Adaptation(steps=2, lr=1e-4, batch_size=2, crop=None)
+    adapt_to_seeds(random_stm, {0: frame}, {0: mask}, whole)
+    assert shapes and set(shapes) == {(96, 160)}
+    tiny = {0: np.zeros((12, 40, 3), np.uint8)}
+    with pytest.raises(InputError, match="40x12 .* too small"):
+        adapt_to_seeds(random_stm, tiny, {0: np.ones((12, 40), np.uint8)}, whole)
+
+
 @pytest.mark.parametrize(
     ("frames", "seeds", "match"),
     [
@@ -129,6 +155,14 @@ def test_bad_seed_input_is_named(random_stm, frames, seeds, match):
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(InputError, match=match):
         Adaptation(**kwargs)
+
+
+def test_parse_crop():
+    assert parse_crop("frame") == parse_crop(" Frame ") is None
+    assert parse_crop("192x320") == (192, 320)
+    for bad in ("192", "ax192", "192x192x3", ""):
+        with pytest.raises(InputError, match="expected 'frame' or HxW"):
+            parse_crop(bad)
 
 
 def test_a_seed_frame_of_the_wrong_size_is_named_before_adapting(tmp_path, random_stm):
@@ -163,3 +197,5 @@ def test_job_config_defaults_match_the_library_defaults():
     config = AdaptationConfig().model_dump()
     assert config.pop("steps") == 0 and library.pop("steps") > 0
     assert config == library
+    whole = AdaptationConfig.model_validate({"steps": 30, "crop": None})
+    assert Adaptation(**whole.model_dump()).crop is None

@@ -119,13 +119,25 @@ def test_adaptation_benchmark_records_both_costs(tmp_path):
     out = tmp_path / "adaptation.json"
     assert (
         bench_adaptation.main(
-            ["--steps", "1", "--videos", "2", "--threads", "1", "--out", str(out)]
+            [
+                "--steps",
+                "1",
+                "--videos",
+                "2",
+                "--threads",
+                "1",
+                "--crop",
+                "frame",
+                "--out",
+                str(out),
+            ]
         )
         == 0
     )
     result = json.loads(out.read_text())
     assert [v["name"] for v in result["videos"]] == ["synth-heldout-000000", "synth-heldout-000001"]
     assert result["adaptation"]["steps"] == 1
+    assert result["adaptation"]["crop"] is None  # the whole frame
     assert result["median_adapt_seconds"] > 0 and result["median_propagate_seconds"] > 0
     expected = result["median_adapt_seconds"] / result["median_propagate_seconds"]
     assert result["adapt_to_propagate_ratio"] == pytest.approx(expected)

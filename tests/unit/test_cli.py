@@ -195,3 +195,7 @@ def test_propagate_rejects_bad_adaptation_settings(real_data_root, checkpoint, t
     assert "must be >= 0" in capsys.readouterr().err
     err = _run_error(base + ["--adapt-steps", "1", "--adapt-lr", "0"], capsys)
     assert "adaptation.lr" in err
+    err = _run_error(base + ["--adapt-steps", "1", "--adapt-crop", "100x64"], capsys)
+    assert "multiples of 16" in err
+    err = _run_error(base + ["--adapt-steps", "1", "--adapt-crop", "whole"], capsys)
+    assert "expected 'frame' or HxW" in err
