@@ -8,7 +8,7 @@ and their ratio. Adaptation costs the same for a 30-frame and a 3,000-frame vide
 grows with the frame count, so the ratio is this video length's.
 
 Usage, from the repository root: ``python -m benchmarks.bench_adaptation [--steps 30]
-[--crop 192x192|frame] [--videos 5] [--threads N] [--out PATH]``. Writes JSON (default
+[--crop frame|HxW] [--videos 5] [--threads N] [--out PATH]``. Writes JSON (default
 ``benchmarks/results/adaptation.json``) and prints a table.
 """
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=Adaptation.steps)
     parser.add_argument("--videos", type=int, default=5)
-    parser.add_argument("--crop", default="192x192", help="clip size: HxW or 'frame'")
+    parser.add_argument("--crop", default="frame", help="clip size: 'frame' or HxW")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: shipped model")
     parser.add_argument("--out", type=Path, default=default_out("adaptation"))

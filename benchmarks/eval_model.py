@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         "--adapt-seed", type=int, default=Adaptation.seed, help="the adaptation clips' seed"
     )
     parser.add_argument(
-        "--adapt-crop", default="192x192", help="adaptation clip size: HxW or 'frame'"
+        "--adapt-crop", default="frame", help="adaptation clip size: 'frame' or HxW"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_eval.json"))
     args = parser.parse_args(argv)

@@ -223,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt-lr", type=float, default=3e-5, help="learning rate of --adapt-steps")
     p.add_argument(
         "--adapt-crop",
-        default="192x192",
-        help="clip size of --adapt-steps: HxW, or 'frame' for the whole seed frame",
+        default="frame",
+        help="clip size of --adapt-steps: 'frame' (the whole seed frame) or HxW, e.g. 192x192",
     )
     p.set_defaults(func=cmd_propagate)
 
