@@ -57,6 +57,8 @@ FAKE_AWS = {
 START_TIMEOUT_S = 180.0
 JOB_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 60.0
+SUBMIT_ATTEMPTS = 3
+NO_AGENT = "No available agent to submit job"
 RUN_ID = "e2e-1"
 # video id -> (frames, seeded objects on frame 0)
 VIDEOS = {"walk": (5, (1, 2)), "clips/run.mp4": (5, (1,))}
@@ -88,19 +90,31 @@ class Cluster:
     log: Path  # output of `ray start`
 
 
-def _wait_for_dashboard(address: str, process: subprocess.Popen, log: Path) -> None:
+def _wait_until_ok(url: str, what: str, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"ray start exited with {process.returncode}:\n{log.read_text()}")
         try:
-            with urllib.request.urlopen(f"{address}/api/version", timeout=5) as response:
+            with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
                     return
         except OSError:
             pass
         time.sleep(1.0)
-    raise AssertionError(f"the dashboard at {address} did not come up:\n{log.read_text()}")
+    raise AssertionError(f"{what} at {url} did not come up:\n{log.read_text()}")
+
+
+def _wait_for_cluster(address: str, agent_port: int, process: subprocess.Popen, log: Path) -> None:
+    """The dashboard answering is not enough to take a job: the head hands each submission to the
+    head node's dashboard agent and gives up after 10 s ("No available agent to submit job"),
+    and on a loaded machine the agent comes up well after the dashboard. The agent registers
+    itself right after its HTTP server starts, so its health endpoint answering means a
+    submission will find it."""
+    _wait_until_ok(f"{address}/api/version", "the dashboard", process, log)
+    _wait_until_ok(
+        f"http://127.0.0.1:{agent_port}/api/healthz", "the dashboard agent", process, log
+    )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -154,7 +168,7 @@ def ray_cluster(tmp_path_factory) -> Iterator[Cluster]:
             command, env=ray_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        _wait_for_dashboard(address, process, log)
+        _wait_for_cluster(address, agent, process, log)
         yield Cluster(address, log)
     finally:
         _stop(process)
@@ -212,25 +226,32 @@ def ray_cli(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 def submit(cluster: Cluster, job_yaml: Path) -> tuple[str, str]:
     """``ray job submit`` (blocking) of the labeling job with the repository as working dir;
-    returns the submission id and the client's output (the driver's log, then the outcome)."""
-    submission = f"label-e2e-{uuid.uuid4().hex[:8]}"
-    done = ray_cli(
-        "job",
-        "submit",
-        "--address",
-        cluster.address,
-        "--working-dir",
-        str(REPO),
-        "--submission-id",
-        submission,
-        "--",
-        "python",
-        "jobs/label_corpus.py",
-        "--config",
-        str(job_yaml),
-        timeout=JOB_TIMEOUT_S,
-    )
-    text = plain(done.stdout + done.stderr)
+    returns the submission id and the client's output (the driver's log, then the outcome).
+
+    A refusal because the head found no agent ("please try again later": nothing was submitted)
+    is retried a few times, as its message asks; any other outcome is returned as it is."""
+    for attempt in range(SUBMIT_ATTEMPTS):
+        submission = f"label-e2e-{uuid.uuid4().hex[:8]}"
+        done = ray_cli(
+            "job",
+            "submit",
+            "--address",
+            cluster.address,
+            "--working-dir",
+            str(REPO),
+            "--submission-id",
+            submission,
+            "--",
+            "python",
+            "jobs/label_corpus.py",
+            "--config",
+            str(job_yaml),
+            timeout=JOB_TIMEOUT_S,
+        )
+        text = plain(done.stdout + done.stderr)
+        if NO_AGENT not in text or attempt == SUBMIT_ATTEMPTS - 1:
+            break
+        time.sleep(5.0)
     failed = f"Job '{submission}' failed" in text
     assert (done.returncode != 0) == failed, text[-6000:]  # the exit code tells the outcome
     return submission, text
