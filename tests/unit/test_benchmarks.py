@@ -141,3 +141,32 @@ def test_adaptation_benchmark_records_both_costs(tmp_path):
     assert result["median_adapt_seconds"] > 0 and result["median_propagate_seconds"] > 0
     expected = result["median_adapt_seconds"] / result["median_propagate_seconds"]
     assert result["adapt_to_propagate_ratio"] == pytest.approx(expected)
+
+
+def test_model_evaluation_scores_the_sets_asked_for(tmp_path):
+    """``--heldout 0`` scores the real clips only; ``--skip-real`` the held-out set only; each
+    set's table is complete and the checkpoint is named."""
+    from benchmarks import eval_model
+    from stm_core.training.heldout import heldout_videos, save_as_davis
+
+    checkpoint = tmp_path / "random.pt"
+    save_checkpoint(STM("resnet18"), checkpoint, {"name": "random"}, half=True)
+    real = tmp_path / "real"
+    save_as_davis(heldout_videos(1, 3, seed_base=500), real)
+    common = ["--checkpoint", str(checkpoint), "--threads", "1", "--frames", "3"]
+
+    only_real = tmp_path / "real.json"
+    argv = [*common, "--heldout", "0", "--real", str(real), "--out", str(only_real)]
+    assert eval_model.main(argv) == 0
+    result = json.loads(only_real.read_text())
+    assert "heldout_synthetic" not in result
+    assert list(result["real"]["sequences"]) == ["synth-heldout-000500"]
+    assert result["checkpoint"] == str(checkpoint) and result["adaptation"] is None
+
+    only_heldout = tmp_path / "heldout.json"
+    argv = [*common, "--heldout", "2", "--skip-real", "--out", str(only_heldout)]
+    assert eval_model.main(argv) == 0
+    result = json.loads(only_heldout.read_text())
+    assert "real" not in result
+    assert len(result["heldout_synthetic"]["sequences"]) == 2
+    assert 0.0 <= result["heldout_synthetic"]["mean"]["J&F"] <= 1.0
