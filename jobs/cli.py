@@ -50,9 +50,8 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     from stm_core.adaptation import Adaptation, parse_crop
     from stm_core.folder_tasks import propagate_folder
 
-    adaptation = Adaptation(
-        steps=args.adapt_steps, lr=args.adapt_lr, crop=parse_crop(args.adapt_crop)
-    )
+    lr = {} if args.adapt_lr is None else {"lr": args.adapt_lr}
+    adaptation = Adaptation(steps=args.adapt_steps, crop=parse_crop(args.adapt_crop), **lr)
     model = load_model(args.checkpoint or _default_checkpoint(), device=args.device)
     n = propagate_folder(
         model,
@@ -218,9 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative,
         default=0,
         help="fine-tune a copy of the model on the seed frames for this many steps first "
-        "(0 = off; 30 is the README's measured setting)",
+        "(0 = off; 50 is the README's measured setting)",
     )
-    p.add_argument("--adapt-lr", type=float, default=3e-5, help="learning rate of --adapt-steps")
+    p.add_argument(
+        "--adapt-lr",
+        type=float,
+        default=None,
+        help="learning rate of --adapt-steps (default: stm_core.adaptation.Adaptation's, 6e-5)",
+    )
     p.add_argument(
         "--adapt-crop",
         default="frame",
