@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import checkpoint_identity
-from stm_core import load_model
+from stm_core import STM, load_model
 from stm_core.adaptation import Adaptation, parse_crop
 from stm_core.evaluation import evaluate_root
 from stm_core.metrics import format_table
 from stm_core.training.heldout import evaluation_videos, heldout_videos, save_as_davis
+from stm_core.training.synthetic_video import SyntheticVideo
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 HELDOUT_SEED_BASE = 0  # the README's held-out evaluation set
@@ -76,29 +77,38 @@ def main(argv: list[str] | None = None) -> int:
     }
     start = time.monotonic()
     if args.heldout:
-        with tempfile.TemporaryDirectory() as tmp:
-            videos = heldout_videos(args.heldout, args.frames, seed_base=HELDOUT_SEED_BASE)
-            save_as_davis(videos, tmp)
-            result["heldout_synthetic"] = evaluate_root(model, Path(tmp), adaptation=adaptation)
-        print("held-out synthetic (J, F, J&F in %)")
-        print(format_table(result["heldout_synthetic"]))
+        videos = heldout_videos(args.heldout, args.frames, seed_base=HELDOUT_SEED_BASE)
+        result["heldout_synthetic"] = _score_videos(model, videos, adaptation, "held-out synthetic")
     if args.seen_photos:
-        with tempfile.TemporaryDirectory() as tmp:
-            videos = evaluation_videos(
-                args.seen_photos, args.frames, seed_base=SEEN_SEED_BASE, split="train"
-            )
-            save_as_davis(videos, tmp)
-            result["seen_photos_synthetic"] = evaluate_root(model, Path(tmp), adaptation=adaptation)
-        print("\nsynthetic videos of the training photos (J, F, J&F in %)")
-        print(format_table(result["seen_photos_synthetic"]))
+        videos = evaluation_videos(
+            args.seen_photos, args.frames, seed_base=SEEN_SEED_BASE, split="train"
+        )
+        title = "synthetic videos of the training photos"
+        result["seen_photos_synthetic"] = _score_videos(model, videos, adaptation, title)
     if not args.skip_real and args.real.is_dir():
-        result["real"] = evaluate_root(model, args.real, adaptation=adaptation)
-        print("\nreal clips (J, F, J&F in %)")
-        print(format_table(result["real"]))
+        result["real"] = _score_root(model, args.real, adaptation, "real clips")
     result["seconds"] = time.monotonic() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _score_root(model: STM, root: Path, adaptation: Adaptation, title: str) -> dict:
+    """J&F of every video under a DAVIS-layout ``root``, printed as a table under ``title``."""
+    scores = evaluate_root(model, root, adaptation=adaptation)
+    print(f"\n{title} (J, F, J&F in %)")
+    print(format_table(scores))
+    return scores
+
+
+def _score_videos(
+    model: STM, videos: list[SyntheticVideo], adaptation: Adaptation, title: str
+) -> dict:
+    """Generated videos are scored through the same DAVIS-layout files as the real clips (JPEG
+    frames, PNG masks), so both sets go through the same reading code."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_as_davis(videos, tmp)
+        return _score_root(model, Path(tmp), adaptation, title)
 
 
 if __name__ == "__main__":

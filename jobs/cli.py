@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--adapt-lr",
         type=float,
         default=None,
-        help="learning rate of --adapt-steps (default: stm_core.adaptation.Adaptation's, 6e-5)",
+        help="learning rate of --adapt-steps (default: stm_core.adaptation.Adaptation.lr)",
     )
     p.add_argument(
         "--adapt-crop",
