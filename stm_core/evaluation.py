@@ -2,18 +2,21 @@
 
 Every object is seeded on the first annotated frame where it appears (only that object: a later
 mask is never passed as a correction), the whole video is propagated, and J&F is computed on the
-annotated frames (first and last skipped, see :mod:`stm_core.metrics`).
+annotated frames (first and last skipped, see :mod:`stm_core.metrics`). An object seeded on a
+later frame is scored only after it (:func:`scored_frames`), as YouTube-VOS scores objects that
+enter late: DAVIS never needs this rule because every object is in its first frame.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .adaptation import Adaptation, adapt_to_seeds
+from .errors import InputError
 from .io import VideoFolder, frame_size, iter_frames, list_videos, read_frames_at, read_seeds
 from .metrics import SequenceScores, evaluate_sequence, summarize
 from .model.network import STM
@@ -33,6 +36,49 @@ def first_appearance_seeds(annotations: Mapping[int, np.ndarray]) -> dict[int, n
     return seeds
 
 
+class NothingToScoreError(InputError):
+    """A video whose masks hold no ground truth to score: every mask after the first seeds a
+    new object (checked before anything is propagated)."""
+
+
+NOTHING_TO_SCORE = (
+    "no object has an annotated frame after its seed (besides the last): "
+    "its later masks only seed new objects"
+)
+
+
+def scored_frames(annotations: Sequence[np.ndarray]) -> dict[int, list[int]]:
+    """Object id -> the positions in ``annotations`` (a video's annotated frames, in order) on
+    which it is scored; objects with no such frame are left out.
+
+    An object is scored on the annotated frames after the one it is seeded on (its first
+    appearance), never on the last (the toolkit's rule). Why: frames before its seed credit
+    it J = F = 1 for being absent, and its seed frame credits it the seed itself, so a
+    late object would score 1 on frames that say nothing of tracking (xmem2-caps' second cap
+    scored 2/3 with J = 0 on the one frame that tests it). A later frame holding only objects
+    that first appear on it is a seed, not ground truth for the objects before it (YouTube-VOS
+    validation masks, cutie-judo's demo masks): those objects are not scored there. A full
+    annotation on which every earlier object has left looks the same and is skipped too, which
+    loses a few J = 1 frames and never credits a wrong one.
+    """
+    seen: set[int] = set()
+    first_position: dict[int, int] = {}
+    seed_only: list[bool] = []
+    for position, labels in enumerate(annotations):
+        ids = {int(k) for k in np.unique(labels)} - {0}
+        new = ids - seen
+        seed_only.append(bool(seen) and bool(ids) and ids == new)
+        for k in new:
+            first_position[k] = position
+        seen |= ids
+    last = len(annotations) - 1
+    plan = {
+        k: [i for i in range(start + 1, last) if not seed_only[i]]
+        for k, start in sorted(first_position.items())
+    }
+    return {k: positions for k, positions in plan.items() if positions}
+
+
 def evaluate_video(
     model: STM,
     video: VideoFolder,
@@ -47,11 +93,14 @@ def evaluate_video(
     seeds: the masks being scored never reach it)."""
     size = frame_size(video)
     annotations = read_seeds(video, size, resize_mismatched=resize_mismatched)
+    annotated = sorted(annotations)
+    plan = scored_frames([annotations[t] for t in annotated])
+    if len(annotated) >= 3 and not plan:
+        raise NothingToScoreError(video.name, NOTHING_TO_SCORE)
     seeds = first_appearance_seeds(annotations)
     if adaptation is not None and adaptation.enabled:
         seed_frames = read_frames_at(video, seeds, size)
         model = adapt_to_seeds(model, seed_frames, seeds, adaptation)
-    annotated = sorted(annotations)
     predictions: dict[int, np.ndarray] = {}
     frames = iter_frames(video, size)
     for out in propagate(model, frames, seeds, mem_every, max_memory_frames):
@@ -61,6 +110,7 @@ def evaluate_video(
         [predictions[t] for t in annotated],
         [annotations[t] for t in annotated],
         name=video.name,
+        scored_frames=plan or None,
     )
 
 
@@ -79,11 +129,12 @@ def evaluate_root(
         if len(video.mask_paths) < 3:
             unscored[video.name] = f"{len(video.mask_paths)} annotated frame(s), 3 needed"
             continue
-        scores[video.name] = evaluate_video(
-            model, video, mem_every, max_memory_frames, True, adaptation
-        )
+        try:
+            scores[video.name] = evaluate_video(
+                model, video, mem_every, max_memory_frames, True, adaptation
+            )
+        except NothingToScoreError:
+            unscored[video.name] = NOTHING_TO_SCORE
     if not scores:
-        from .errors import InputError
-
-        raise InputError(root, "no video with at least 3 annotated frames to score")
+        raise InputError(root, "no video with an annotated frame to score")
     return summarize(scores) | {"unscored": unscored}

@@ -65,8 +65,13 @@ def evaluate_folders(pred_root: str | Path, gt_root: str | Path) -> dict[str, An
     """J&F of every sequence folder of ``gt_root`` against the same-named folder of ``pred_root``.
 
     Each ground-truth PNG must have a prediction with the same name; extra predicted frames are
-    ignored. Returns :func:`stm_core.metrics.summarize`'s dict.
+    ignored. Objects first annotated after a sequence's first mask are scored only after it,
+    as :func:`stm_core.evaluation.evaluate_root` scores them. Returns
+    :func:`stm_core.metrics.summarize`'s dict plus ``unscored`` (sequence -> why), the
+    sequences whose masks only seed objects.
     """
+    from .evaluation import NOTHING_TO_SCORE, scored_frames
+
     pred_root, gt_root = Path(pred_root), Path(gt_root)
     for root in (pred_root, gt_root):
         if not root.is_dir():
@@ -75,17 +80,27 @@ def evaluate_folders(pred_root: str | Path, gt_root: str | Path) -> dict[str, An
     if not sequences:
         raise InputError(gt_root, "no sequence folders")
     scores: dict[str, SequenceScores] = {}
+    unscored: dict[str, str] = {}
     for gt_dir in sequences:
         gt = read_annotations(gt_dir)
+        stems = sorted(gt, key=natural_key)
+        plan = scored_frames([gt[s] for s in stems])
+        if len(stems) >= 3 and not plan:
+            unscored[gt_dir.name] = NOTHING_TO_SCORE
+            continue
         pred_dir = pred_root / gt_dir.name
         if not pred_dir.is_dir():
             raise InputError(pred_dir, f"no predictions for sequence {gt_dir.name!r}")
-        stems = sorted(gt, key=natural_key)
         missing = [s for s in stems if not (pred_dir / f"{s}.png").is_file()]
         if missing:
             raise InputError(pred_dir, f"missing predicted masks for frames {missing[:5]}")
         pred = read_annotations(pred_dir)
         scores[gt_dir.name] = evaluate_sequence(
-            [pred[s] for s in stems], [gt[s] for s in stems], name=gt_dir.name
+            [pred[s] for s in stems],
+            [gt[s] for s in stems],
+            name=gt_dir.name,
+            scored_frames=plan or None,
         )
-    return summarize(scores)
+    if not scores:
+        raise InputError(gt_root, f"no sequence to score: {NOTHING_TO_SCORE}")
+    return summarize(scores) | {"unscored": unscored}

@@ -366,6 +366,7 @@ def evaluate_sequence(
     *,
     name: str = "sequence",
     bound_th: float = DEFAULT_BOUND_TH,
+    scored_frames: Mapping[int, Sequence[int]] | None = None,
 ) -> SequenceScores:
     """Per-object J and F of one sequence.
 
@@ -378,6 +379,11 @@ def evaluate_sequence(
     1..max of the first frame instead; the two agree on DAVIS, where every object is in frame 0 and
     ids are contiguous. DAVIS void pixels, 255, are not special here: ids are ids.)
 
+    ``scored_frames`` (object id -> positions in ``gt``) replaces that default plan: exactly the
+    objects it names are scored, each on its own frames. It is for objects seeded after frame 0
+    (:func:`stm_core.evaluation.scored_frames`), whose frames up to their seed say nothing of how
+    well they were tracked.
+
     Raises InputError (a ValueError) naming the frame for mismatched sizes or bad arrays, and for
     fewer than 3 frames or a ground truth without any object.
     """
@@ -385,20 +391,46 @@ def evaluate_sequence(
     object_ids = _object_ids(gt_frames)
     if not object_ids:
         raise InputError(name, "the ground truth holds no object: every pixel is 0")
-
-    pred_scored, gt_scored = pred_frames[1:-1], gt_frames[1:-1]
-    n_frames = len(gt_scored)
-    radius = boundary_radius(*gt_scored[0].shape, bound_th)
+    if scored_frames is None:
+        plan = {k: range(1, len(gt_frames) - 1) for k in object_ids}
+    else:
+        plan = _check_plan(scored_frames, object_ids, len(gt_frames), name)
+    radius = boundary_radius(*gt_frames[0].shape, bound_th)
 
     j: dict[int, float] = {}
     f: dict[int, float] = {}
-    for k in object_ids:
-        pred_k = _pack_frames([labels == k for labels in pred_scored])
-        gt_k = _pack_frames([labels == k for labels in gt_scored])
+    for k, positions in plan.items():
+        n_frames = len(positions)
+        pred_k = _pack_frames([pred_frames[i] == k for i in positions])
+        gt_k = _pack_frames([gt_frames[i] == k for i in positions])
         j[k] = float(_jaccard_packed(pred_k, gt_k, n_frames).mean())
         f[k] = float(_f_measure_packed(pred_k, gt_k, n_frames, radius).mean())
-    logger.debug("%s: %d objects over %d frames, J %s, F %s", name, len(object_ids), n_frames, j, f)
-    return SequenceScores(tuple(object_ids), j, f)
+    logger.debug("%s: objects %s, J %s, F %s", name, sorted(plan), j, f)
+    return SequenceScores(tuple(sorted(plan)), j, f)
+
+
+def _check_plan(
+    scored_frames: Mapping[int, Sequence[int]], object_ids: list[int], n_frames: int, name: str
+) -> dict[int, list[int]]:
+    """``scored_frames`` with sorted positions, or InputError for an object the ground truth
+    never holds, an object with no frame, or a position outside ``0 .. n_frames - 1``."""
+    if not scored_frames:
+        raise InputError(name, "scored_frames names no object")
+    plan: dict[int, list[int]] = {}
+    for k, positions in sorted(scored_frames.items()):
+        if k not in object_ids:
+            raise InputError(name, f"scored_frames names object {k}, absent from the ground truth")
+        positions = sorted(int(i) for i in positions)
+        if not positions:
+            raise InputError(name, f"scored_frames gives object {k} no frame")
+        if positions[0] < 0 or positions[-1] >= n_frames:
+            raise InputError(
+                name,
+                f"scored_frames gives object {k} frames {positions[0]}..{positions[-1]}, "
+                f"outside the {n_frames} ground-truth frames",
+            )
+        plan[k] = positions
+    return plan
 
 
 # --------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def test_propagate_writes_a_palette_png_per_frame(real_data_root, checkpoint, tm
 def test_evaluate_prints_a_table_and_writes_json(real_data_root, tmp_path, capsys):
     gt_root = tmp_path / "gt"
     pred_root = tmp_path / "pred"
-    for name in ("blackswan", "xmem2-caps"):
+    for name in ("blackswan", "xmem2-caps", "cutie-judo"):
         shutil.copytree(_seq(real_data_root, name)[1], gt_root / name)
         shutil.copytree(_seq(real_data_root, name)[1], pred_root / name)
     # Damage one predicted frame of blackswan: its J drops below 1.
@@ -80,8 +80,10 @@ def test_evaluate_prints_a_table_and_writes_json(real_data_root, tmp_path, capsy
     assert code == 0
     table = capsys.readouterr().out
     assert "blackswan" in table and "xmem2-caps" in table and "mean" in table
+    assert "not scored: cutie-judo: no object has an annotated frame after its seed" in table
     scores = json.loads((tmp_path / "s.json").read_text())
-    assert set(scores) == {"sequences", "mean"}
+    assert set(scores) == {"sequences", "mean", "unscored"}
+    assert list(scores["unscored"]) == ["cutie-judo"]  # its masks are seeds, not ground truth
     assert scores["sequences"]["xmem2-caps"] == {"J": 1.0, "F": 1.0, "J&F": 1.0}
     # 48 evaluated frames, one of them empty: J = 47 / 48.
     assert scores["sequences"]["blackswan"]["J"] == pytest.approx(47 / 48)

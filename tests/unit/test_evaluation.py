@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from stm_core.evaluation import evaluate_video, first_appearance_seeds
+from stm_core.evaluation import evaluate_video, first_appearance_seeds, scored_frames
 from stm_core.io import list_videos
 
 
@@ -44,3 +44,62 @@ def test_evaluate_video_scores_the_annotated_frames(real_data_root, tmp_path):
     bike = next(v for v in list_videos(real_data_root) if v.name == "cutie-bike")
     with pytest.raises(InputError, match="only 1 ground-truth frame"):
         evaluate_video(model, bike)  # one annotated frame: nothing to score
+
+
+def _labels(*objects: int) -> np.ndarray:
+    """A 6 x 6 label map holding each given object as one pixel of its own."""
+    labels = np.zeros((6, 6), np.uint8)
+    for k in objects:
+        labels[k, k] = k
+    return labels
+
+
+def test_objects_are_scored_only_after_their_seed():
+    # xmem2-caps' layout: cap 1 from frame 0, cap 2 first annotated on the third mask.
+    plan = scored_frames([_labels(1), _labels(1), _labels(1, 2), _labels(1, 2), _labels(1, 2)])
+    assert plan == {1: [1, 2, 3], 2: [3]}
+    # An object that leaves is still scored on the frames where it is absent.
+    assert scored_frames([_labels(1, 2), _labels(2), _labels(), _labels(1)]) == {
+        1: [1, 2],
+        2: [1, 2],
+    }
+
+
+def test_masks_that_only_seed_new_objects_are_not_ground_truth():
+    # cutie-judo's layout: each later mask holds one new object and nothing else.
+    assert scored_frames([_labels(1), _labels(2), _labels(3), _labels(4)]) == {}
+    # A seed-only mask between full annotations scores nobody; the full ones still count.
+    plan = scored_frames([_labels(1), _labels(2), _labels(1, 2), _labels(1, 2), _labels(1)])
+    assert plan == {1: [2, 3], 2: [2, 3]}
+
+
+def test_a_late_object_gets_no_credit_for_frames_before_it(tmp_path):
+    from stm_core.folder_tasks import evaluate_folders
+    from stm_core.io import write_mask
+
+    gt = [_labels(1), _labels(1), _labels(1, 2), _labels(1, 2), _labels(1, 2)]
+    pred = [g.copy() for g in gt]
+    pred[3][pred[3] == 2] = 0  # object 2 lost on the one frame that tests it
+    for t, (p, g) in enumerate(zip(pred, gt, strict=True)):
+        write_mask(tmp_path / "pred" / "caps" / f"{t:05d}.png", p)
+        write_mask(tmp_path / "gt" / "caps" / f"{t:05d}.png", g)
+    for t, labels in enumerate([_labels(1), _labels(2), _labels(3)]):
+        write_mask(tmp_path / "pred" / "judo" / f"{t:05d}.png", labels)
+        write_mask(tmp_path / "gt" / "judo" / f"{t:05d}.png", labels)
+    summary = evaluate_folders(tmp_path / "pred", tmp_path / "gt")
+    assert list(summary["sequences"]) == ["caps"]
+    assert "only seed new objects" in summary["unscored"]["judo"]
+    # Object 1 perfect on frames 1-3, object 2 wrong on its only scored frame (3): 1/2, where
+    # frames 1 and 2 (absent, then its own seed) used to credit it 2/3.
+    assert summary["sequences"]["caps"]["J"] == 0.5
+    assert summary["mean"]["J"] == 0.5
+
+
+def test_a_video_of_seeds_only_is_refused_before_propagating(real_data_root):
+    import pytest
+
+    from stm_core.evaluation import NothingToScoreError
+
+    judo = next(v for v in list_videos(real_data_root) if v.name == "cutie-judo")
+    with pytest.raises(NothingToScoreError, match="cutie-judo.*only seed new objects"):
+        evaluate_video(object(), judo, resize_mismatched=True)  # no model is ever touched

@@ -272,6 +272,33 @@ def test_objects_come_from_the_ground_truth_only():
     assert scores.f == {1: 1.0, 3: 1.0}
 
 
+def test_a_scoring_plan_scores_each_object_on_its_own_frames():
+    gt = [np.zeros((16, 16), dtype=np.uint8) for _ in range(5)]
+    for labels in gt:
+        labels[2:8, 2:8] = 1
+    for labels in gt[2:]:
+        labels[10:14, 10:14] = 2  # object 2 enters on frame 2
+    pred = [g.copy() for g in gt]
+    pred[1][2:8, 2:8] = 0  # object 1 lost on frame 1
+    pred[3][10:14, 10:14] = 0  # object 2 lost on frame 3
+    scores = evaluate_sequence(pred, gt, scored_frames={1: [1, 2, 3], 2: [3]})
+    assert scores.object_ids == (1, 2)
+    assert scores.j == {1: pytest.approx(2 / 3), 2: 0.0}
+    assert scores.f == {1: pytest.approx(2 / 3), 2: 0.0}
+    # Without the plan object 2 is credited frames 1 (absent from both) and 2 (its seed).
+    assert evaluate_sequence(pred, gt).j[2] == pytest.approx(2 / 3)
+    # Only the objects the plan names are scored.
+    assert evaluate_sequence(pred, gt, scored_frames={2: [2]}).object_ids == (2,)
+    with pytest.raises(InputError, match="object 7, absent from the ground truth"):
+        evaluate_sequence(pred, gt, scored_frames={7: [1]})
+    with pytest.raises(InputError, match="gives object 1 no frame"):
+        evaluate_sequence(pred, gt, scored_frames={1: []})
+    with pytest.raises(InputError, match="frames 1..5, outside the 5 ground-truth frames"):
+        evaluate_sequence(pred, gt, scored_frames={1: [1, 5]})
+    with pytest.raises(InputError, match="names no object"):
+        evaluate_sequence(pred, gt, scored_frames={})
+
+
 def test_sequence_errors_name_the_problem():
     frame = np.zeros((8, 10), dtype=np.uint8)
     frame[2:5, 2:5] = 1
