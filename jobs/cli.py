@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative,
         default=0,
         help="fine-tune a copy of the model on the seed frames for this many steps first "
-        "(0 = off; 50 is the README's measured setting)",
+        "(0 = off; stm_core.adaptation.Adaptation.steps is the README's measured setting)",
     )
     p.add_argument(
         "--adapt-lr",

@@ -15,10 +15,11 @@ RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 class AdaptationConfig(StrictModel):
     """First-frame fine-tuning (``stm_core.adaptation``): before a video is propagated, a copy
     of the model trains for ``steps`` steps on clips made from that video's seed frames. Off by
-    default because it costs: on a 2-core CPU 50 steps on whole 432 x 240 frames take about
-    72 s per video, 28 times a 30-frame propagation (``bench_adaptation``)."""
+    default because it costs: on a 2-core CPU a step on a whole 432 x 240 frame takes about
+    1.45 s, so the measured 80 steps take about 2 minutes per video, some 45 times a 30-frame
+    propagation (``bench_adaptation``)."""
 
-    steps: int = Field(0, ge=0, le=10_000, description="0 = off; 50 is the measured setting")
+    steps: int = Field(0, ge=0, le=10_000, description="0 = off; 80 is the measured setting")
     lr: float = Field(6e-5, gt=0, le=1e-2)
     batch_size: int = Field(4, ge=1, le=64, description="clips per step")
     crop: tuple[int, int] | None = Field(
