@@ -98,8 +98,6 @@ def _score_root(model: STM, root: Path, adaptation: Adaptation, title: str) -> d
     scores = evaluate_root(model, root, adaptation=adaptation)
     print(f"\n{title} (J, F, J&F in %)")
     print(format_table(scores))
-    for name, why in scores["unscored"].items():
-        print(f"not scored: {name}: {why}")
     return scores
 
 

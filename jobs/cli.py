@@ -74,8 +74,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     summary = evaluate_folders(args.pred, args.gt)
     print(format_table(summary))
-    for name, why in summary["unscored"].items():
-        print(f"not scored: {name}: {why}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")

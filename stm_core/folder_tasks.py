@@ -12,6 +12,7 @@ from typing import Any
 
 from .adaptation import Adaptation, adapt_to_seeds
 from .errors import InputError
+from .evaluation import NOTHING_TO_SCORE, scored_frames
 from .io import (
     frame_size,
     iter_frames,
@@ -70,8 +71,6 @@ def evaluate_folders(pred_root: str | Path, gt_root: str | Path) -> dict[str, An
     :func:`stm_core.metrics.summarize`'s dict plus ``unscored`` (sequence -> why), the
     sequences whose masks only seed objects.
     """
-    from .evaluation import NOTHING_TO_SCORE, scored_frames
-
     pred_root, gt_root = Path(pred_root), Path(gt_root)
     for root in (pred_root, gt_root):
         if not root.is_dir():

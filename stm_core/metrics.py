@@ -462,7 +462,8 @@ def format_table(summary: Mapping[str, Any]) -> str:
     """A fixed-width text table of a :func:`summarize` result, in percent with one decimal.
 
     One row per sequence in the summary's order, then a ``mean`` row (the dataset mean over all
-    objects, which is why it can differ from the mean of the rows above it).
+    objects, which is why it can differ from the mean of the rows above it), then a ``not
+    scored: name: why`` line for each sequence of the summary's ``unscored``, if it has one.
     """
     columns = ("J", "F", "J&F")
     rows = [(name, values) for name, values in summary["sequences"].items()]
@@ -476,4 +477,5 @@ def format_table(summary: Mapping[str, Any]) -> str:
             lines.append(rule)
         cells = "".join(f"{100 * values[c]:>8.1f}" for c in columns)
         lines.append(name.ljust(name_width) + cells)
+    lines.extend(f"not scored: {name}: {why}" for name, why in summary.get("unscored", {}).items())
     return "\n".join(lines)

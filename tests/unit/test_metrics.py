@@ -376,6 +376,8 @@ def test_summary_and_table_content():
     ]
     assert len({len(line) for line in lines}) == 1  # fixed width
     assert lines[-2].startswith("-")  # a rule above the mean row
+    with_unscored = format_table(summary | {"unscored": {"judo": "seeds only"}}).splitlines()
+    assert with_unscored == [*lines, "not scored: judo: seeds only"]
 
 
 def test_sequence_scores_checks_its_keys():
