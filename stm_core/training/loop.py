@@ -55,6 +55,7 @@ class Trainer:
         device: torch.device,
         bf16: bool = False,
         wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
+        trunk_lr_scale: float = 1.0,
     ) -> None:
         self.stm = stm.to(device)
         self.bf16 = bf16
@@ -63,8 +64,9 @@ class Trainer:
         clip = ClipSTM(self.stm)
         self._set_mode(clip)
         self.module = wrap(clip)
-        params = [p for p in self.stm.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.stm, trunk_lr_scale), lr=lr, weight_decay=weight_decay
+        )
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
         self.peak_lr = lr
         self.step = 0
@@ -77,7 +79,11 @@ class Trainer:
     def train_step(self, batch: dict[str, torch.Tensor]) -> float:
         """One optimiser step on a :func:`collate_clips` batch; returns the loss."""
         for group in self.optimizer.param_groups:
-            group["lr"] = self.peak_lr * lr_factor(self.step, self.warmup_steps, self.total_steps)
+            group["lr"] = (
+                self.peak_lr
+                * group["lr_scale"]
+                * lr_factor(self.step, self.warmup_steps, self.total_steps)
+            )
         frames = batch["frames"].to(self.device)
         labels = batch["masks"].to(self.device)
         first = batch["one_hot"][:, 0, 1:].to(self.device)  # B x K x H x W, frame 0
@@ -106,6 +112,23 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.history = [(int(s), float(v)) for s, v in state["history"]]
+
+
+def _param_groups(stm: STM, trunk_lr_scale: float) -> list[dict[str, Any]]:
+    """Trainable parameters in two groups: the encoders' pretrained trunks at
+    ``trunk_lr_scale`` times the peak rate (a pretrained trunk is fine-tuned gently, as in
+    segmentation transfer), everything else at the peak rate. The mask stems of the memory
+    encoder are new layers, so they are not "trunk"."""
+    trunk, rest = [], []
+    for name, param in stm.named_parameters():
+        if not param.requires_grad:
+            continue
+        in_trunk = name.startswith(("Encoder_M.", "Encoder_Q.")) and ".conv1_" not in name
+        (trunk if in_trunk else rest).append(param)
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if trunk:
+        groups.append({"params": trunk, "lr_scale": trunk_lr_scale})
+    return groups
 
 
 def batch_for_step(
