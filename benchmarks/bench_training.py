@@ -98,6 +98,14 @@ def measure(workers: int, threads: int, args: argparse.Namespace, storage: Path)
     }
 
 
+def cpu_native_bf16() -> bool:
+    import torch
+
+    from stm_core.checkpoint import native_bf16
+
+    return native_bf16(torch.device("cpu"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trunk", default="resnet18", choices=["resnet18", "resnet50"])
@@ -156,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size_per_worker": args.batch_size,
         "num_frames": defaults.num_frames,
         "max_objects": defaults.max_objects,
-        "bf16": defaults.bf16,
+        # null in the config: autocast where the CPU computes bfloat16 natively (what the
+        # workers resolved it to)
+        "bf16": defaults.bf16 if defaults.bf16 is not None else cpu_native_bf16(),
         "window_steps": args.window,
         "warmup_steps": args.window,
         "ray_num_cpus": cpus,

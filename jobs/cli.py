@@ -103,7 +103,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from schemas.common import load_config
     from schemas.training import TrainConfig
 
-    config = load_config(TrainConfig, args.config, args.set or [])
+    try:
+        config = load_config(TrainConfig, args.config, args.set or [])
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"stm-label train: bad config: {exc}", file=sys.stderr)
+        return 2
     if args.local:
         from pipeline.training.local import train_local
 

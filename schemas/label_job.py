@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .common import StorageOptions, StrictModel
+from .common import BF16_HELP, StorageOptions, StrictModel
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
@@ -28,7 +28,7 @@ class AdaptationConfig(StrictModel):
         "every clip; a step costs in proportion to the frame's pixels)",
     )
     seed: int = Field(0, ge=0, description="the clips' random seed (same seed = same labels)")
-    bf16: bool = Field(True, description="bfloat16 autocast in the forward pass")
+    bf16: bool | None = Field(None, description=BF16_HELP)
     lucid_prob: float = Field(
         0.5, ge=0, le=1, description="share of clips whose objects move on their own"
     )

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .common import StorageOptions, StrictModel
+from .common import BF16_HELP, StorageOptions, StrictModel
 from .label_job import RUN_ID_PATTERN, LabelJobConfig
 
 
@@ -54,7 +54,7 @@ class FineTuneConfig(StrictModel):
     lr: float = Field(5e-5, gt=0)
     warmup_steps: int = Field(20, ge=0)
     freeze_bn: bool = False
-    bf16: bool = True
+    bf16: bool | None = Field(None, description=BF16_HELP)
     max_skip: int = Field(5, ge=0, description="largest frame skip between selected frames")
     synthetic_prob: float = Field(
         0.25, ge=0.0, lt=1.0, description="share of synthetic clips, so old skills are kept"

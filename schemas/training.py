@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .common import StorageOptions, StrictModel
+from .common import BF16_HELP, StorageOptions, StrictModel
 
 
 class DataConfig(StrictModel):
@@ -85,7 +85,7 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(100, ge=0)
     freeze_bn: bool | None = None
-    bf16: bool = Field(True, description="bfloat16 autocast in the forward pass")
+    bf16: bool | None = Field(None, description=BF16_HELP)
     checkpoint_every: int = Field(100, ge=1)
     workers: int = Field(1, ge=1)
     use_gpu: bool = False

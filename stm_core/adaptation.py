@@ -57,7 +57,7 @@ class Adaptation:
     batch_size: int = 4
     crop: tuple[int, int] | None = None
     seed: int = 0
-    bf16: bool = True
+    bf16: bool | None = None  # None: where the device computes bfloat16 natively
     lucid_prob: float = 0.5
 
     def __post_init__(self) -> None:

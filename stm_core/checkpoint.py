@@ -35,6 +35,18 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware (CUDA with bf16, CPUs with AVX-512 BF16
+    or AMX). Elsewhere oneDNN emulates it: on an AVX2-only CPU a bf16-autocast training step
+    is many times slower than float32 (benchmarks/results/training_precision.json), so autocast
+    must be chosen per device, not switched on everywhere."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 def load_model(source: CheckpointSource, device: str | torch.device | None = None) -> STM:
     """Build STM from a checkpoint and put it on ``device`` in eval mode.
 

@@ -23,6 +23,7 @@ from PIL import Image
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+TRAIN_DATA = REAL_DATA.with_name("train")
 
 CALIBRATION_CLIP = "car-shadow"  # not used by the equivalence tests, so they see unseen frames
 CALIBRATION_FRAMES = (0, 10, 20, 30)
@@ -76,6 +77,14 @@ def real_data_root() -> Path:
     if not (REAL_DATA / "JPEGImages").is_dir():
         pytest.skip(f"real test clips not found at {REAL_DATA}")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def train_data_root() -> Path:
+    """``../shared/data/train`` (DAVIS 2016 train, ECSSD, DUTS-TR); skips when absent."""
+    if not (TRAIN_DATA / "davis16-train").is_dir():
+        pytest.skip(f"real training data not found at {TRAIN_DATA}")
+    return TRAIN_DATA
 
 
 @pytest.fixture(scope="session")

@@ -170,3 +170,18 @@ def test_model_evaluation_scores_the_sets_asked_for(tmp_path):
     assert "real" not in result
     assert len(result["heldout_synthetic"]["sequences"]) == 2
     assert 0.0 <= result["heldout_synthetic"]["mean"]["J&F"] <= 1.0
+
+
+def test_training_precision_benchmark_times_both_modes(tmp_path):
+    from benchmarks import bench_training_precision
+
+    out = tmp_path / "precision.json"
+    argv = ["--trunk", "resnet18", "--crop", "32", "--batch", "1", "--steps", "1"]
+    assert bench_training_precision.main([*argv, "--threads", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["mode"] for r in result["runs"]] == ["fp32", "bf16"]
+    assert all(r["median_s"] > 0 for r in result["runs"])
+    assert result["runs"][0]["ratio_to_fp32"] == 1.0
+    assert result["runs"][1]["ratio_to_fp32"] == pytest.approx(
+        result["runs"][1]["median_s"] / result["runs"][0]["median_s"]
+    )
