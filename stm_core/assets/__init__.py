@@ -1,6 +1,6 @@
 """Files that ship inside the package: the default model, and the previous one.
 
-``stm_lite0_real.pt`` (v7, the default) is STM on an ImageNet-pretrained EfficientNet-Lite0
+``stm_lite0_real.pt`` (v8, the default) is STM on an ImageNet-pretrained EfficientNet-Lite0
 trained on real photos and the DAVIS 2016 train videos; ``stm_resnet18_synthetic.pt`` (v4) is the
 ResNet-18 model trained on synthetic clips only, kept so earlier runs can be reproduced
 (docs/model_card.md).

@@ -5,8 +5,8 @@ The corpus is "night vision" footage (``stm_core.training.domains``): the synthe
 was trained on, seen through dark, grainy, green monochrome, a look it never saw. The nights start
 from v4 (the second shipped asset), not from the default: what is tested is the engine, and it
 needs a root that twelve CPU steps on 96 x 96 crops move clearly. v4 is such a model (8.4 ->
-16.5 J&F); the default v7, trained on real footage at 256 x 256, scores 0.0 on these 96 x 160
-night videos and twelve such steps leave it there (0.0 -> 0.1).
+16.5 J&F); the Lite0 model trained on real footage at 256 x 256 (v7, stage 1 of the default v8)
+scored 0.0 on these 96 x 160 night videos and twelve such steps left it there (0.0 -> 0.1).
 Only frame 0 of each corpus video has a seed; a disjoint set of videos with full ground truth is
 the gate's held-out set. What must hold:
 
