@@ -110,15 +110,21 @@ def test_davis_train_videos_give_aligned_deterministic_clips(train_data_root: Pa
         assert a["num_objects"] == 1 and int(a["masks"][0].sum()) > 0
 
 
-def test_training_config_points_at_the_shared_data(train_data_root: Path) -> None:
+@pytest.mark.parametrize("stage", ["train_lite0_real.yaml", "train_lite0_real_2.yaml"])
+def test_training_configs_point_at_the_shared_data(train_data_root: Path, stage: str) -> None:
+    """Both stages of the shipped model validate and read their data from ../shared; stage 1
+    starts from ImageNet, stage 2 from stage 1's weights."""
     import yaml
 
-    config = TrainConfig.model_validate(
-        yaml.safe_load((REPO / "configs/train_lite0_real.yaml").read_text())
-    )
+    config = TrainConfig.model_validate(yaml.safe_load((REPO / "configs" / stage).read_text()))
     for folder in [*config.data.folders, *config.data.photo_folders]:
         assert (REPO / folder).resolve().is_dir(), folder
-    assert config.imagenet_trunk and config.trunk == "efficientnet_lite0"
+        assert "shared/data/train" in folder and "data/real" not in folder
+    assert config.trunk == "efficientnet_lite0"
+    if config.init_checkpoint is None:
+        assert config.imagenet_trunk
+    else:
+        assert config.init_checkpoint.startswith("runs/")  # written there per its header
 
 
 def test_tiny_training_run_on_the_shared_data_lowers_the_loss(
