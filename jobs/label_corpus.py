@@ -31,8 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from pydantic import ValidationError
-
     from pipeline.corpus_job import JobConfigError, read_checkpoint, run_label_job
     from pipeline.progress import print_progress
     from schemas.common import load_config
@@ -41,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         base = None if args.config else demo_settings()
         config = load_config(LabelJobConfig, args.config, args.set or [], base)
-    except (ValidationError, ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
         print(f"label_corpus: bad config: {exc}", file=sys.stderr)
         return 2
 

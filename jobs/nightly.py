@@ -31,8 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from pydantic import ValidationError
-
     from pipeline.engine.lock import LockHeldError
     from pipeline.engine.nightly import run_nightly
     from pipeline.progress import print_progress
@@ -43,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         config = load_config(NightlyConfig, args.config, args.set or [])
-    except (ValidationError, ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
         print(f"nightly: bad config: {exc}", file=sys.stderr)
         return 2
     connect(args.address)

@@ -347,3 +347,16 @@ def test_native_bf16_answers_for_the_cpu_and_never_for_unknown_devices():
 
     assert native_bf16(torch.device("cpu")) is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert native_bf16(torch.device("meta")) is False
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[2] / "configs").glob("train_*.yaml"))
+)
+def test_training_configs_validate_and_hold_only_relative_paths(path: Path):
+    """A config names its checkpoints and storage relative to the repository (or they are set
+    on the command line): an absolute path is one machine's."""
+    config = load_config(TrainConfig, path)
+    paths = [config.storage_path, config.init_checkpoint, *config.data.folders]
+    paths += config.data.photo_folders
+    absolute = [p for p in paths if p is not None and Path(p).is_absolute()]
+    assert not absolute, f"{path.name}: {absolute}"
