@@ -286,7 +286,7 @@ def discovery_bench(
 ) -> dict[str, Any]:
     """Upload ``n_videos`` tiny mp4s + a seed table, then time discovery and planning."""
     from pipeline import ledger
-    from pipeline.discovery import discover
+    from pipeline.corpus import discover
     from pipeline.storage import open_fs
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import checkpoint_identity
+from pipeline.evaluation import evaluate_root
 from stm_core import STM, load_model
 from stm_core.adaptation import Adaptation, parse_crop
-from stm_core.evaluation import evaluate_root
 from stm_core.metrics import format_table
 from stm_core.training.heldout import evaluation_videos, heldout_videos, save_as_davis
 from stm_core.training.synthetic_video import SyntheticVideo

@@ -46,9 +46,9 @@ def _default_checkpoint() -> str:
 
 
 def cmd_propagate(args: argparse.Namespace) -> int:
+    from pipeline.folder_tasks import propagate_folder
     from stm_core import load_model
     from stm_core.adaptation import Adaptation, parse_crop
-    from stm_core.folder_tasks import propagate_folder
 
     lr = {} if args.adapt_lr is None else {"lr": args.adapt_lr}
     adaptation = Adaptation(steps=args.adapt_steps, crop=parse_crop(args.adapt_crop), **lr)
@@ -69,7 +69,7 @@ def cmd_propagate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from stm_core.folder_tasks import evaluate_folders
+    from pipeline.folder_tasks import evaluate_folders
     from stm_core.metrics import format_table
 
     summary = evaluate_folders(args.pred, args.gt)
@@ -81,8 +81,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
     from stm_core import load_model
-    from stm_core.demo import run_demo
     from stm_core.metrics import format_table
 
     model = load_model(args.checkpoint or _default_checkpoint(), device=args.device)

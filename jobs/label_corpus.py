@@ -31,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from pipeline.corpus_job import JobConfigError, read_checkpoint, run_label_job
+    from pipeline.corpus_job import JobConfigError, run_label_job
+    from pipeline.engine.run_inputs import resolve_label_inputs
     from pipeline.progress import print_progress
+    from pipeline.ray_connect import connect
     from schemas.common import load_config
     from schemas.label_job import LabelJobConfig
 
@@ -43,12 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"label_corpus: bad config: {exc}", file=sys.stderr)
         return 2
 
-    import ray
-
     try:
-        checkpoint = read_checkpoint(config)  # fail fast, before Ray starts
-        ray.init(address=args.address, ignore_reinit_error=True)
-        summary = run_label_job(config, progress=print_progress, checkpoint=checkpoint)
+        inputs = resolve_label_inputs(config)  # the checkpoint fails fast, before Ray starts
+        connect(args.address)
+        summary = run_label_job(config, print_progress, inputs.checkpoint, inputs.corrections)
     except JobConfigError as exc:
         print(f"label_corpus: {exc}", file=sys.stderr)
         return 2

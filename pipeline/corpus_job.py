@@ -5,6 +5,10 @@ finished when both of its files exist, and they are written whole under determin
 run record and the ``_SUCCESS`` marker come last. Rerunning a run id skips finished shards and
 redoes the rest, so the final tables equal those of an undisturbed run. A dead actor is restarted
 by Ray (``max_restarts``) and its shard retried (``max_task_retries``).
+
+The job reads its corpus and writes its output, and knows no other store: the checkpoint and the
+human corrections are handed in by whoever starts the run, which resolves the config's defaults
+that live in the data engine's store (``pipeline.engine.run_inputs``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,17 +27,15 @@ import pyarrow as pa
 import ray
 from ray.util import ActorPool
 
+from schemas.common import StorageOptions
 from schemas.label_job import LabelJobConfig
-from schemas.tables import ERRORS, ERRORS_SCHEMA
+from schemas.tables import ERRORS, checkpoint_id_of
 from stm_core import load_model
 from stm_core.adaptation import Adaptation
 from stm_core.errors import CheckpointError, STMLabelError
 
 from . import ledger, table_io
-from .discovery import STAGE_LIST, STAGE_SEEDS, discover, fingerprint
-from .engine.corrections import corrections_by_video, read_corrections
-from .engine.layout import EngineLayout
-from .engine.registry import checkpoint_id_of, read_promoted
+from .corpus import RleSeed, discover, fingerprint
 from .label_actor import LabelWorker, ProgressTracker
 from .label_shard import LabelSettings, ShardSummary, error_row
 
@@ -42,9 +44,11 @@ log = logging.getLogger(__name__)
 ACTOR_RESTARTS = 3  # per actor: a killed process or a lost node
 SHARD_RETRIES = 3  # per shard call, on a restarted actor
 DISCOVERY_ERRORS_FILE = "discovery.parquet"
-DISCOVERY_STAGES = {STAGE_LIST: "discover", STAGE_SEEDS: "seed"}  # -> schemas.tables.ERROR_STAGES
 
 Progress = Callable[[dict[str, Any]], None]
+# Video id -> the human corrections to apply as seeds on their frames. Called once, after the
+# run's plan is saved (see _with_corrections), so the corrections are read as late as possible.
+Corrections = Callable[[], Mapping[str, tuple[RleSeed, ...]]]
 
 
 class JobConfigError(STMLabelError):
@@ -68,27 +72,11 @@ class RunSummary:
     workers: list[dict[str, object]] = field(default_factory=list)
 
 
-def default_checkpoint_uri(config: LabelJobConfig) -> str:
-    """The checkpoint a run uses when the config names none: the data engine's promoted one in
-    the output store (``checkpoints/promoted.json``), else the model shipped in the package."""
-    pointer = read_promoted(EngineLayout(config.output_uri), config.storage)
-    if pointer is not None:
-        log.info("using the promoted checkpoint %s (%s)", pointer.checkpoint_id, pointer.uri)
-        return pointer.uri
-    from stm_core.assets import default_checkpoint_path
-
-    path = default_checkpoint_path()
-    if path is None:
-        raise JobConfigError("no checkpoint_uri given and this installation ships no model")
-    return str(path)
-
-
-def read_checkpoint(config: LabelJobConfig) -> tuple[bytes, str]:
+def read_checkpoint(uri: str, options: StorageOptions) -> tuple[bytes, str]:
     """The checkpoint's bytes and id (``sha256:<16 hex>``), validated by loading it once here so
     a wrong file fails the run before any worker starts."""
-    uri = config.checkpoint_uri or default_checkpoint_uri(config)
     try:
-        data = table_io.read_bytes(uri, config.storage)
+        data = table_io.read_bytes(uri, options)
     except (OSError, ValueError) as exc:
         raise JobConfigError(f"{uri}: cannot read the checkpoint ({exc})") from None
     import io
@@ -132,13 +120,30 @@ def run_label_job(
     config: LabelJobConfig,
     progress: Progress | None = None,
     checkpoint: tuple[bytes, str] | None = None,
+    corrections: Corrections | None = None,
 ) -> RunSummary:
     """Run (or resume, or no-op on a committed) labeling run; Ray must be initialised.
 
-    ``checkpoint``: the result of :func:`read_checkpoint` when the caller validated it already.
+    ``checkpoint``: the model, as :func:`read_checkpoint` returns it; when None, the file that
+    ``config.checkpoint_uri`` names. ``corrections``: required when ``config.corrections_uri``
+    is set. A config that leaves ``checkpoint_uri`` unset or sets ``corrections_uri`` names
+    state of the data engine's store: the caller resolves it
+    (``pipeline.engine.run_inputs.resolve_label_inputs``) and passes the result here.
     """
     start = time.monotonic()
-    checkpoint_bytes, checkpoint_id = checkpoint or read_checkpoint(config)
+    if checkpoint is None:
+        if config.checkpoint_uri is None:
+            raise JobConfigError(
+                "checkpoint_uri is unset: its default (the promoted checkpoint, else the shipped "
+                "model) is resolved by the caller and passed as checkpoint="
+            )
+        checkpoint = read_checkpoint(config.checkpoint_uri, config.storage)
+    if config.corrections_uri is not None and corrections is None:
+        raise JobConfigError(
+            f"corrections_uri {config.corrections_uri} is read by the caller and passed as "
+            "corrections="
+        )
+    checkpoint_bytes, checkpoint_id = checkpoint
     summary = RunSummary(config.run_id, "running", config.output_uri, checkpoint_id)
     if ledger.is_committed(config.output_uri, config.run_id, config.storage):
         log.info("run %s is already committed; nothing to do", config.run_id)
@@ -159,7 +164,7 @@ def run_label_job(
         config.storage,
         fingerprints={v: fingerprint(t) for v, t in tasks.items()},
     )
-    tasks = _with_corrections(config, tasks)
+    tasks = _with_corrections(tasks, corrections)
     settings = LabelSettings(
         run_id=config.run_id,
         checkpoint_id=checkpoint_id,
@@ -224,14 +229,14 @@ def _select_tasks(config: LabelJobConfig, listed: list) -> dict:
     return tasks
 
 
-def _with_corrections(config: LabelJobConfig, tasks: dict) -> dict:
+def _with_corrections(tasks: dict, corrections: Corrections | None) -> dict:
     """``tasks`` with their human corrections attached. Read after the plan is saved, so a
     correction stored meanwhile is used by this run and, being newer than the plan, also marks
     the video for relabeling by the data engine: a race costs an extra relabel, never a lost
     correction."""
-    if config.corrections_uri is None:
+    if corrections is None:
         return tasks
-    fixes = corrections_by_video(read_corrections(config.corrections_uri, config.storage))
+    fixes = corrections()
     return {
         v: dataclasses.replace(t, corrections=fixes[v]) if v in fixes else t
         for v, t in tasks.items()
@@ -295,19 +300,10 @@ def _label_on_actors(
 
 def _write_discovery_errors(config: LabelJobConfig, settings: LabelSettings, errors) -> None:
     """The discovery problems as an errors file, checked against the table's contract like the
-    shards' files (discovery's "seeds" stage is the table's "seed")."""
-    rows = [
-        error_row(
-            settings,
-            e.video_id,
-            DISCOVERY_STAGES.get(e.stage, e.stage),
-            e.error_type,
-            e.message,
-        )
-        for e in errors
-    ]
+    shards' files (discovery's stages are the table's own names)."""
+    rows = [error_row(settings, e.video_id, e.stage, e.error_type, e.message) for e in errors]
     uri = f"{ledger.RunLayout(config.output_uri, config.run_id).errors_dir}/{DISCOVERY_ERRORS_FILE}"
-    table = ERRORS.sort(ERRORS.check(pa.Table.from_pylist(rows, schema=ERRORS_SCHEMA), uri))
+    table = ERRORS.sort(ERRORS.table(rows))
     table_io.write_table(table, uri, config.storage)
 
 

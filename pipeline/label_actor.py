@@ -17,7 +17,7 @@ import torch
 from schemas.common import StorageOptions
 from stm_core import load_model, pick_device
 
-from .discovery import VideoTask
+from .corpus import VideoTask
 from .label_shard import LabelSettings, ShardSummary, label_shard
 
 PROGRESS_EVERY = 10  # frames between two progress messages to the tracker

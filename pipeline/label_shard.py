@@ -18,20 +18,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from schemas.common import StorageOptions
-from schemas.tables import ERRORS_SCHEMA, MASKS_SCHEMA
+from schemas.tables import ERRORS, MASKS, ErrorRow, MaskRow
 from stm_core import STM, propagate
 from stm_core.adaptation import Adaptation, adapt_to_seeds
 from stm_core.errors import STMLabelError
 
 from . import ledger
-from .discovery import VideoTask
+from .corpus import (
+    FrameScale,
+    VideoTask,
+    apply_corrections,
+    complete_correction_frames,
+    frame_name,
+    iter_frames,
+    probe,
+    read_seeds,
+)
 from .rle import encode_label_map
-from .seed_readers import apply_corrections, complete_correction_frames, read_seeds
 from .storage import open_fs
-from .video_readers import FrameScale, frame_name, iter_frames, probe
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +90,12 @@ def label_shard(
     if shard in ledger.finished_shards(output_uri, settings.run_id, options):
         log.info("run %s %s: already finished, skipped", settings.run_id, shard)
         return ShardSummary(shard, 0, 0, 0, 0, 0.0, skipped=True)
-    columns: dict[str, list[Any]] = {name: [] for name in MASKS_SCHEMA.names}
-    errors: list[dict[str, Any]] = []
+    rows: list[MaskRow] = []
+    errors: list[ErrorRow] = []
     frames = 0
     for task in tasks:
         try:
-            video_columns, n = label_video(model, task, settings, options, on_frames)
+            video_rows, n = label_video(model, task, settings, options, on_frames)
         except _StageError as failure:
             errors.append(
                 error_row(
@@ -102,11 +108,10 @@ def label_shard(
             )
             log.warning("video %s failed at %s: %s", task.video_id, failure.stage, failure)
             continue
-        for name, values in video_columns.items():
-            columns[name].extend(values)
+        rows.extend(video_rows)
         frames += n
-    masks = pa.table(columns, schema=MASKS_SCHEMA)
-    errors_table = pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA)
+    masks = MASKS.table(rows)
+    errors_table = ERRORS.table(errors)
     ledger.write_shard(output_uri, settings.run_id, shard, masks, errors_table, options)
     return ShardSummary(
         shard, len(tasks), frames, masks.num_rows, len(errors), time.monotonic() - start
@@ -119,8 +124,8 @@ def label_video(
     settings: LabelSettings,
     options: StorageOptions,
     on_frames: FramesDone | None = None,
-) -> tuple[dict[str, list[Any]], int]:
-    """All mask rows of one video as column lists, and its frame count."""
+) -> tuple[list[MaskRow], int]:
+    """All mask rows of one video, and its frame count."""
     fs, _ = open_fs(task.uri, options)
     info = _staged("read", lambda: probe(task, fs))
     scale = FrameScale.for_size(info.size, settings.max_frame_side)
@@ -142,7 +147,7 @@ def label_video(
     if settings.adaptation.enabled:
         model = _adapted(model, task, fs, settings, info.size, seeds)
     frames = _tagged("decode", iter_frames(task, fs, settings.max_frame_side, info.size))
-    columns: dict[str, list[Any]] = {name: [] for name in MASKS_SCHEMA.names}
+    rows: list[MaskRow] = []
     height, width = info.size
     n = 0
     try:
@@ -161,26 +166,30 @@ def label_video(
             scores = _scores(out.probs, out.labels, out.object_ids)
             name = frame_name(task, out.frame_index)
             for enc in encode_label_map(labels, all_ids):
-                columns["run_id"].append(settings.run_id)
-                columns["video_id"].append(task.video_id)
-                columns["frame_index"].append(out.frame_index)
-                columns["frame_name"].append(name)
-                columns["object_id"].append(enc.object_id)
-                columns["height"].append(height)
-                columns["width"].append(width)
-                columns["rle"].append(enc.rle)
-                columns["area"].append(enc.area)
-                columns["bbox"].append(list(enc.bbox))
                 seeded = enc.object_id in seed_ids
-                columns["score"].append(1.0 if seeded else scores.get(enc.object_id, 0.0))
-                columns["is_seed"].append(seeded)
-                columns["checkpoint_id"].append(settings.checkpoint_id)
+                rows.append(
+                    MaskRow(
+                        run_id=settings.run_id,
+                        video_id=task.video_id,
+                        frame_index=out.frame_index,
+                        frame_name=name,
+                        object_id=enc.object_id,
+                        height=height,
+                        width=width,
+                        rle=enc.rle,
+                        area=enc.area,
+                        bbox=enc.bbox,
+                        score=1.0 if seeded else scores.get(enc.object_id, 0.0),
+                        is_seed=seeded,
+                        checkpoint_id=settings.checkpoint_id,
+                    )
+                )
             n += 1
             if on_frames is not None:
                 on_frames(1)
     except STMLabelError as exc:  # a _StageError from the frames passes through untouched
         raise _StageError("label", exc) from None
-    return columns, n
+    return rows, n
 
 
 def _adapted(
@@ -240,14 +249,14 @@ def _tagged(stage: str, frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 
 def error_row(
     settings: LabelSettings, video_id: str | None, stage: str, error_type: str, message: str
-) -> dict[str, Any]:
+) -> ErrorRow:
     """One errors-table row. Its time is the run's start, not the wall clock, so a shard redone
     after a crash writes exactly the rows an undisturbed run writes."""
-    return {
-        "run_id": settings.run_id,
-        "video_id": video_id,
-        "stage": stage,
-        "error_type": error_type,
-        "message": message,
-        "time": settings.started_at,
-    }
+    return ErrorRow(
+        run_id=settings.run_id,
+        video_id=video_id,
+        stage=stage,
+        error_type=error_type,
+        message=message,
+        time=settings.started_at,
+    )

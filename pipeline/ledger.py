@@ -42,11 +42,11 @@ from pydantic_core import to_jsonable_python
 
 from pipeline import table_io
 from schemas.common import StorageOptions
+from schemas.label_job import RUN_ID_PATTERN
 from schemas.tables import ERRORS, MASKS, RunPlan, ShardPlan, SuccessMarker, TableError
 
 logger = logging.getLogger(__name__)
 
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SHARD_PATTERN = re.compile(r"^shard-\d{5,}$")
 SUCCESS_NAME = "_SUCCESS"
 
@@ -58,7 +58,7 @@ class LedgerError(RuntimeError):
 def check_run_id(run_id: str) -> str:
     """``run_id`` if it can name folders and hive partitions everywhere: letters, digits,
     ``_ . -``, starting with a letter or digit, at most 128 characters."""
-    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
+    if not isinstance(run_id, str) or not re.match(RUN_ID_PATTERN, run_id):
         raise ValueError(
             f"run id {run_id!r} must be 1-128 characters of letters, digits, '_', '.', '-' "
             "starting with a letter or digit"
@@ -192,7 +192,7 @@ def load_or_create_plan(
 ) -> RunPlan:
     """The run's plan: the saved one on a resume (the corpus listing is then only compared with
     it, and differences logged), else a new plan of ``video_ids``, saved. ``fingerprints``
-    (video id -> :func:`pipeline.discovery.fingerprint`) are recorded in a new plan."""
+    (video id -> :func:`pipeline.corpus.fingerprint`) are recorded in a new plan."""
     video_ids = list(video_ids)
     plan = load_plan(output_uri, run_id, options)
     if plan is None:

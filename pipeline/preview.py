@@ -2,8 +2,8 @@
 plus a contact sheet PNG of about a dozen frames for a glance (or a bug report).
 
 Frames come from the corpus the run labelled, found through the run record's config
-(``corpus_uri``, seeds, storage) with :func:`pipeline.discovery.discover` and read with
-:func:`pipeline.video_readers.iter_frames` at their native size, the size masks are stored at.
+(``corpus_uri``, seeds, storage) with :func:`pipeline.corpus.discover` and read with
+:func:`pipeline.corpus.iter_frames` at their native size, the size masks are stored at.
 The corpus must still hold the video as it was: frames of another size are refused.
 
 Overlay (:func:`overlay`): each object's pixels are blended with its DAVIS palette colour
@@ -42,10 +42,9 @@ from schemas.common import StorageOptions
 from stm_core.errors import InputError
 from stm_core.io import DAVIS_PALETTE
 
-from .discovery import discover
+from .corpus import discover, iter_frames
 from .run_reader import FrameLabels, LabelRun, VideoMasks
 from .storage import open_fs
-from .video_readers import iter_frames
 
 __all__ = [
     "PREVIEW_SUFFIXES",

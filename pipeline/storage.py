@@ -33,6 +33,11 @@ def split_uri(uri: str) -> tuple[str, str]:
     return protocol, (parsed.netloc + parsed.path).rstrip("/")
 
 
+def fs_path(uri: str) -> str:
+    """The path inside its filesystem of a URI (``s3://b/k`` -> ``b/k``), as fsspec calls take."""
+    return split_uri(uri)[1]
+
+
 def fsspec_kwargs(protocol: str, options: StorageOptions) -> dict[str, Any]:
     """Constructor arguments of the fsspec filesystem for ``protocol`` (none for local paths)."""
     if protocol == "gs":

@@ -15,9 +15,9 @@ RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 class AdaptationConfig(StrictModel):
     """First-frame fine-tuning (``stm_core.adaptation``): before a video is propagated, a copy
     of the model trains for ``steps`` steps on clips made from that video's seed frames. Off by
-    default because it costs: on a 2-core CPU a step on a whole 432 x 240 frame takes about
-    1.45 s, so the measured 80 steps take about 2 minutes per video, some 45 times a 30-frame
-    propagation (``bench_adaptation``)."""
+    default because it costs: on a CPU the default 80 steps take tens of times as long as
+    propagating a short video, and a step's cost grows with the frame's pixels, not with the
+    video's length (the seconds, from ``bench_adaptation``: docs/benchmarks.md)."""
 
     steps: int = Field(0, ge=0, le=10_000, description="0 = off; 80 is the measured setting")
     lr: float = Field(6e-5, gt=0, le=1e-2)

@@ -69,7 +69,7 @@ class FineTuneConfig(StrictModel):
 
 class GateConfig(StrictModel):
     """Promotion rule: the candidate's held-out J&F must beat the promoted checkpoint's by at
-    least ``margin`` (in J&F points of 0..100, as the README reports them)."""
+    least ``margin`` (in J&F points of 0..100, as the docs report them)."""
 
     margin: float = Field(0.5, ge=-100, le=100)
     mem_every: int = Field(5, ge=1)

@@ -1,8 +1,9 @@
 """Every table the corpus job reads or writes, defined once: its pyarrow schema beside a row type.
 
 Each table is a :class:`TableSpec`: the schema (with a description on every column, stored in
-the Parquet footer too), a frozen row dataclass that documents the same columns for Python code,
-the sort order files are written in, and the allowed values of enum-like string columns.
+the Parquet footer too), a frozen row dataclass with the same columns (writers build rows of it
+and turn them into a table with :meth:`TableSpec.table`), the sort order files are written in,
+and the allowed values of enum-like string columns.
 
 Masks are COCO compressed RLE (pycocotools' ``counts`` string as ASCII bytes, column-major runs
 that start with background) of a ``height x width`` mask; see :mod:`pipeline.rle`. ``bbox`` is
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -69,7 +71,7 @@ class TableSpec:
         for row in rows:
             if not isinstance(row, self.row_type):
                 raise TypeError(f"{self.name}: expected {self.row_type.__name__}, got {row!r}")
-        columns = {f.name: [getattr(r, f.name) for r in rows] for f in self.schema}
+        columns = {name: [getattr(r, name) for r in rows] for name in self.schema.names}
         return self.check(pa.Table.from_pydict(columns, schema=self.schema), source=self.name)
 
     def empty(self) -> pa.Table:
@@ -222,6 +224,13 @@ MASKS = _row_fields_match(
     )
 )
 
+
+def checkpoint_id_of(data: bytes) -> str:
+    """``sha256:<16 hex>`` of a model file's bytes: the ``checkpoint_id`` of the masks rows it
+    labels and of its checkpoints row, the same wherever the file is stored."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+
+
 # --- errors ---------------------------------------------------------------------------------
 
 
@@ -231,7 +240,7 @@ class ErrorRow:
     video is to blame (e.g. listing the corpus failed). ``stage`` is one of ``ERROR_STAGES``;
     ``error_type`` is the exception class name for a video that failed while being labeled
     (``InputError``, ...), and a problem code for what discovery found before any labeling
-    (``no_seeds``, ``empty_file``, ``unreadable_uri``, ...; see ``pipeline.discovery``)."""
+    (``no_seeds``, ``empty_file``, ``unreadable_uri``, ...; see ``pipeline.corpus.tasks``)."""
 
     run_id: str
     video_id: str | None
@@ -355,7 +364,7 @@ class RunPlan(StrictModel):
     videos_per_shard: int = Field(ge=1)
     shards: list[ShardPlan]
     created_at: dt.datetime
-    # video id -> fingerprint of its listed inputs (pipeline.discovery.fingerprint): what the
+    # video id -> fingerprint of its listed inputs (pipeline.corpus.fingerprint): what the
     # data engine compares to decide that a video changed since it was labeled
     fingerprints: dict[str, str] = Field(default_factory=dict)
 

@@ -8,9 +8,9 @@ two-tone object kept only one tone). The seed masks say exactly what each object
 background look like in this video; a few dozen optimiser steps on 3-frame clips made from the
 seed frames (the paper's static-image clips: random affine warps, crops, colour jitter,
 occlusion; and clips whose objects move on their own, :mod:`stm_core.training.lucid_clips`)
-teach the model this video's objects before it propagates them. On the held-out synthetic set
-this lifted the shipped model's J&F from 55.1 to 78.9, and its mean over the six fully
-annotated real clips from 16.5 to 57.9 (README model card).
+teach the model this video's objects before it propagates them. What it gains, on the model
+whose defaults were chosen (v4), is in docs/model_card.md; how they were chosen, in
+docs/experiments.md.
 
 The caller's model is never changed: :func:`adapt_to_seeds` returns a fine-tuned copy, so one
 loaded checkpoint serves every video of a corpus. BatchNorm stays frozen (running statistics,
@@ -38,18 +38,18 @@ logger = logging.getLogger(__name__)
 class Adaptation:
     """How to fine-tune on a video's seeds. ``steps=0`` turns adaptation off.
 
-    The defaults are the ones measured in the README's model card (80 steps of 4 clips of 3
-    frames as big as the seed frame, AdamW at 6e-5 with cosine decay, no weight decay: held-out
-    J&F 78.9, where 50 steps scored 74.3 and 30 steps at 3e-5 70.3; the step count was chosen on
-    twelve other held-out videos, 82.3 against 81.7 for 50 steps). ``lucid_prob`` of
+    The defaults (80 steps of 4 clips of 3 frames as big as the seed frame, AdamW at 6e-5 with
+    cosine decay, no weight decay) scored best of the settings tried on the held-out synthetic
+    set, and the step count was checked on held-out videos that no choice looked at (the sweep
+    and its numbers: docs/experiments.md). ``lucid_prob`` of
     the clips move each object on its own (:mod:`stm_core.training.lucid_clips`), the rest warp
     the whole frame (:func:`~stm_core.training.static_clips.static_clip`). ``crop=None`` (the
     default) makes every clip as big as the seed frame (its sides rounded down to multiples of
     16), so each clip holds every object and the whole background: the model learns to tell
     this video's objects from each other, not only from the background around one of them
-    (with 30 steps at 3e-5, held-out J&F 70.3 against 65.2 with 192 x 192 clips). A step costs
-    in proportion to the frame's pixels; a ``(H, W)`` crop is the cheaper choice for large
-    frames.
+    (whole-frame clips scored higher than 192 x 192 ones in the same sweep). A step costs in
+    proportion to the frame's pixels (seconds per step: docs/benchmarks.md); a ``(H, W)`` crop
+    is the cheaper choice for large frames.
     """
 
     steps: int = 80

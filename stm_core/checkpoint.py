@@ -38,8 +38,8 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 in hardware (CUDA with bf16, CPUs with AVX-512 BF16
     or AMX). Elsewhere oneDNN emulates it: on an AVX2-only CPU a bf16-autocast training step
-    is many times slower than float32 (benchmarks/results/training_precision.json), so autocast
-    must be chosen per device, not switched on everywhere."""
+    is many times slower than float32 (``bench_training_precision``, docs/benchmarks.md), so
+    autocast must be chosen per device, not switched on everywhere."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":

@@ -1,4 +1,4 @@
-"""Score a model on a dataset folder the way the DAVIS semi-supervised protocol does.
+"""Score a model on one video the way the DAVIS semi-supervised protocol does.
 
 Every object is seeded on the first annotated frame where it appears (only that object: a later
 mask is never passed as a correction), the whole video is propagated, and J&F is computed on the
@@ -9,16 +9,13 @@ enter late: DAVIS never needs this rule because every object is in its first fra
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .adaptation import Adaptation, adapt_to_seeds
 from .errors import InputError
-from .io import VideoFolder, frame_size, iter_frames, list_videos, read_frames_at, read_seeds
-from .metrics import SequenceScores, evaluate_sequence, summarize
+from .metrics import SequenceScores, evaluate_sequence
 from .model.network import STM
 from .propagation import propagate
 
@@ -81,60 +78,40 @@ def scored_frames(annotations: Sequence[np.ndarray]) -> dict[int, list[int]]:
 
 def evaluate_video(
     model: STM,
-    video: VideoFolder,
+    frames: Iterable[np.ndarray],
+    annotations: Mapping[int, np.ndarray],
+    name: str,
     mem_every: int = 5,
     max_memory_frames: int | None = None,
-    resize_mismatched: bool = False,
     adaptation: Adaptation | None = None,
+    frames_at: Callable[[Iterable[int]], Mapping[int, np.ndarray]] | None = None,
 ) -> SequenceScores:
-    """Propagate ``video`` from its first-appearance seeds and score its annotated frames.
+    """Propagate a video from the first-appearance seeds of its ``annotations`` (frame index ->
+    label map) and score its annotated frames.
 
-    With ``adaptation``, a copy of the model is first fine-tuned on the seed frames (only the
-    seeds: the masks being scored never reach it)."""
-    size = frame_size(video)
-    annotations = read_seeds(video, size, resize_mismatched=resize_mismatched)
+    ``frames`` streams the video (it is not consumed when the annotations hold nothing to
+    score: :class:`NothingToScoreError` is raised first). With ``adaptation``, a copy of the
+    model is first fine-tuned on the seed frames, which ``frames_at`` reads (only the seeds:
+    the masks being scored never reach it)."""
     annotated = sorted(annotations)
     plan = scored_frames([annotations[t] for t in annotated])
     if len(annotated) >= 3 and not plan:
-        raise NothingToScoreError(video.name, NOTHING_TO_SCORE)
+        raise NothingToScoreError(name, NOTHING_TO_SCORE)
     seeds = first_appearance_seeds(annotations)
     if adaptation is not None and adaptation.enabled:
-        seed_frames = read_frames_at(video, seeds, size)
-        model = adapt_to_seeds(model, seed_frames, seeds, adaptation)
+        if frames_at is None:
+            raise ValueError("fine-tuning needs frames_at to read the seed frames")
+        model = adapt_to_seeds(model, dict(frames_at(sorted(seeds))), seeds, adaptation)
     predictions: dict[int, np.ndarray] = {}
-    frames = iter_frames(video, size)
     for out in propagate(model, frames, seeds, mem_every, max_memory_frames):
         if out.frame_index in annotations:
             predictions[out.frame_index] = out.labels
+    missing = [t for t in annotated if t not in predictions]
+    if missing:
+        raise InputError(name, f"annotated frames {missing[:5]} are past the video's last frame")
     return evaluate_sequence(
         [predictions[t] for t in annotated],
         [annotations[t] for t in annotated],
-        name=video.name,
+        name=name,
         scored_frames=plan or None,
     )
-
-
-def evaluate_root(
-    model: STM,
-    root: str | Path,
-    mem_every: int = 5,
-    max_memory_frames: int | None = None,
-    adaptation: Adaptation | None = None,
-) -> dict[str, Any]:
-    """J&F of every scorable video under a DAVIS / YouTube-VOS ``root`` (``summarize``'s
-    result), plus ``unscored``: the videos with fewer than 3 annotated frames (the first and
-    last are never scored) and why."""
-    scores, unscored = {}, {}
-    for video in list_videos(root):
-        if len(video.mask_paths) < 3:
-            unscored[video.name] = f"{len(video.mask_paths)} annotated frame(s), 3 needed"
-            continue
-        try:
-            scores[video.name] = evaluate_video(
-                model, video, mem_every, max_memory_frames, True, adaptation
-            )
-        except NothingToScoreError:
-            unscored[video.name] = NOTHING_TO_SCORE
-    if not scores:
-        raise InputError(root, "no video with an annotated frame to score")
-    return summarize(scores) | {"unscored": unscored}

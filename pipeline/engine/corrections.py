@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import table_io
+from pipeline.corpus import RleSeed
 from pipeline.rle import encode
-from pipeline.seed_readers import RleSeed
 from schemas.common import StorageOptions
 from schemas.tables import CORRECTIONS, CorrectionRow
 from stm_core.errors import InputError
@@ -141,7 +141,7 @@ def add_correction(
     file (None if the same correction is stored already) and the rows.
     """
     from pipeline.run_reader import open_run
-    from pipeline.seed_readers import decode_mask_bytes
+    from stm_core.codec import decode_label_map
 
     from .layout import EngineLayout
 
@@ -154,7 +154,7 @@ def add_correction(
             f"frame {frame_index} of video {video_id!r} has no labels in run {run.run_id!r} "
             f"(frames {frames[0]}..{frames[-1]})",
         )
-    labels = decode_mask_bytes(mask_png, mask_source)
+    labels = decode_label_map(mask_png, mask_source)
     if labels.shape != (video.height, video.width):
         raise InputError(
             mask_source,

@@ -50,11 +50,11 @@ def fetch_folder(uri: str, options: StorageOptions | None, into: Path) -> Path:
 def evaluate_checkpoint(
     model_bytes: bytes, heldout_uri: str, options: StorageOptions | None, config: GateConfig
 ) -> dict[str, Any]:
-    """J&F of one model file on the held-out folder (see ``stm_core.evaluation``)."""
+    """J&F of one model file on the held-out folder (see ``pipeline.evaluation``)."""
     import torch
 
+    from pipeline.evaluation import evaluate_root
     from stm_core import load_model, pick_device
-    from stm_core.evaluation import evaluate_root
 
     torch.set_num_threads(max(1, int(config.num_cpus)))
     model = load_model(io.BytesIO(model_bytes), device=pick_device())

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from pipeline import table_io
+from pipeline.corpus import discover
 from pipeline.corpus_job import run_label_job
-from pipeline.discovery import discover
 from schemas.label_job import LabelJobConfig
 from schemas.nightly import NightlyConfig, NightlyRecord, PromotedPointer
 from schemas.tables import SELECTION, CheckpointRow, TableError
@@ -40,6 +40,7 @@ from .corrections import latest_correction_time, read_corrections
 from .gate import run_gate
 from .layout import EngineLayout
 from .lock import StoreLock
+from .run_inputs import resolve_label_inputs
 from .selection import select_training_data
 from .state import label_state, read_video_masks, videos_to_label
 
@@ -205,7 +206,8 @@ def _label(
         videos_per_shard=label.videos_per_shard,
         storage=config.storage,
     )
-    summary = run_label_job(job, progress)
+    inputs = resolve_label_inputs(job)
+    summary = run_label_job(job, progress, inputs.checkpoint, inputs.corrections)
     if summary.status != "succeeded":
         raise NightlyError(f"labeling run {job.run_id} {summary.status}; see its errors table")
     log.info(

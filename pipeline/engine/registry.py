@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import logging
 
 import pyarrow as pa
@@ -21,18 +20,13 @@ from pydantic import ValidationError
 from pipeline import table_io
 from schemas.common import StorageOptions
 from schemas.nightly import PromotedPointer
-from schemas.tables import CHECKPOINTS, CheckpointRow, TableError
+from schemas.tables import CHECKPOINTS, CheckpointRow, TableError, checkpoint_id_of
 
 from .layout import EngineLayout
 
 log = logging.getLogger(__name__)
 
 ROOT_REASON = "root: the model the engine started from"
-
-
-def checkpoint_id_of(data: bytes) -> str:
-    """``sha256:<16 hex>`` of a model file: the id masks rows and the registry use."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
 
 
 def store_model(layout: EngineLayout, data: bytes, options: StorageOptions | None) -> str:

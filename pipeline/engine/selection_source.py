@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from pipeline.discovery import VideoTask, discover
+from pipeline.corpus import FrameScale, VideoTask, discover, iter_frames
 from pipeline.rle import decode
-from pipeline.seed_readers import fs_path
-from pipeline.storage import open_fs
-from pipeline.video_readers import FrameScale, decode_frame_bytes, iter_frames
+from pipeline.storage import fs_path, open_fs
 from schemas.common import StorageOptions
 from schemas.tables import SELECTION
+from stm_core.codec import decode_frame
 from stm_core.errors import InputError
 from stm_core.training.video_clips import LazyColumn
 
@@ -133,10 +132,10 @@ class SelectionSource:
             for index in video.indices:
                 uri = f"{task.uri}/{task.frame_files[index]}"
                 data = fs.cat_file(fs_path(uri))
-                frame = decode_frame_bytes(data, uri)
+                frame = decode_frame(data, uri)
                 scale = scale or FrameScale.for_size(frame.shape[:2], self.max_frame_side)
                 if scale.resized:
-                    frame = decode_frame_bytes(data, uri, scale.working)
+                    frame = decode_frame(data, uri, scale.working)
                 out.append(frame)
             return out
         wanted, out = set(video.indices), []

@@ -3,7 +3,7 @@ still good enough or the video must be labeled again.
 
 A video's labels are those of the newest committed labeling run (by commit time) that planned
 it and did not record an error for it. The run's plan holds the video's fingerprint at the time
-(:func:`pipeline.discovery.fingerprint`) and the run record the checkpoint that labeled it.
+(:func:`pipeline.corpus.fingerprint`) and the run record the checkpoint that labeled it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import ledger, table_io
-from pipeline.discovery import VideoTask, fingerprint
+from pipeline.corpus import VideoTask, fingerprint
 from schemas.common import StorageOptions
 from schemas.tables import MASKS
 

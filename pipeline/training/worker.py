@@ -24,8 +24,9 @@ from stm_core import STM, load_model, save_checkpoint
 from stm_core.training.datasets import ClipDataset
 from stm_core.training.loop import Trainer, batch_for_step
 from stm_core.training.photo_clips import PhotoSource
-from stm_core.training.video_clips import FolderVideoSource, max_skip_schedule
+from stm_core.training.video_clips import max_skip_schedule
 
+from .folders import folder_video_source
 from .loss_plot import plot_loss
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ Report = Callable[[dict[str, float], Path | None], None]
 
 def build_dataset(config: TrainConfig) -> ClipDataset:
     sources: list = [
-        FolderVideoSource(root, config.data.folder_resolution) for root in config.data.folders
+        folder_video_source(root, config.data.folder_resolution) for root in config.data.folders
     ]
     prob = config.data.folder_prob
     if config.data.selection_uri is not None:

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from .static_clips import _inverse_affine, static_clip
+from .static_clips import inverse_affine, static_clip
 
 _FILL_SIGMAS = (3.0, 9.0, 27.0, 81.0)
 
@@ -111,7 +111,7 @@ def lucid_clip(
             background.transform(
                 (crop_w, crop_h),
                 Image.Transform.AFFINE,
-                _inverse_affine(centre, centre + pan, 1.0, 0.0, 0.0),
+                inverse_affine(centre, centre + pan, 1.0, 0.0, 0.0),
                 Image.Resampling.BILINEAR,
                 fillcolor=tuple(int(v) for v in np.asarray(background).mean(axis=(0, 1))),
             ),
@@ -125,7 +125,7 @@ def lucid_clip(
                 cutout.transform(
                     (crop_w, crop_h),
                     Image.Transform.AFFINE,
-                    _inverse_affine(anchor, anchor + pan + drift * t, zoom**t, turn * t, 0.0),
+                    inverse_affine(anchor, anchor + pan + drift * t, zoom**t, turn * t, 0.0),
                     Image.Resampling.BILINEAR,
                 ),
                 dtype=np.float32,

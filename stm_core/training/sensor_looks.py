@@ -2,7 +2,7 @@
 
 Why: the synthetic imagery is mostly well lit and colourful, and heavy repainting
 (``recolour_prob``) made a model that found nothing in dark green monochrome footage (the v3
-candidate, see the README's model card). Real footage is often dark, washed out, infrared or
+candidate, see docs/experiments.md). Real footage is often dark, washed out, infrared or
 tinted. ``sensor_look`` draws one such look per clip and applies it to every frame of it, the
 way one camera films a whole shot; only the grain differs from frame to frame.
 

@@ -115,7 +115,7 @@ def crop_origin(
     return int(rng.integers(low, high + 1))
 
 
-def _inverse_affine(
+def inverse_affine(
     anchor_src: np.ndarray, anchor_out: np.ndarray, scale: float, angle: float, shear: float
 ) -> tuple[float, ...]:
     """PIL AFFINE coefficients for the map output px -> source px that sends ``anchor_out`` to
@@ -224,7 +224,7 @@ def static_clip(
         for t in range(num_frames):
             # Each frame: its own rotation (+-15 deg), zoom, shear and shift about the view.
             shift = rng.uniform(-0.06, 0.06, 2) * crop_size
-            coeffs = _inverse_affine(
+            coeffs = inverse_affine(
                 centre_src,
                 centre_out + shift,
                 scale * math.exp(rng.uniform(-0.1, 0.16)),

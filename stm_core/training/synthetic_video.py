@@ -716,7 +716,8 @@ def make_video(
     """Render a whole synthetic video: frames T x H x W x 3 uint8, masks T x H x W uint8 (1..N).
 
     ``size`` is (H, W). Deterministic from (seed, split, recolour_prob; see ``plan_video``).
-    About 10-25 ms per 240 x 432 frame.
+    Cheap enough to render every training clip on the fly (milliseconds per frame:
+    docs/benchmarks.md).
     """
     plan = plan_video(seed, num_frames, size, num_objects, split, recolour_prob=recolour_prob)
     height, width = size

@@ -118,7 +118,7 @@ def colourize(field: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     # Make sure the palette is not nearly flat: push the last colour away from the first.
     if np.abs(colours[-1] - colours[0]).max() < 60.0:
         colours[-1] = 255.0 - colours[0]
-    # A 256-entry lookup table: interpolating colours per pixel would cost 10x more.
+    # A 256-entry lookup table: interpolating colours per pixel would cost several times more.
     levels = np.linspace(0.0, stops - 1, 256)
     lo = np.minimum(levels.astype(np.int32), stops - 2)
     frac = (levels - lo)[:, None]
@@ -313,7 +313,7 @@ def random_source(
 def linear_colour(pixels: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np.ndarray:
     """``out = matrix @ rgb + offset`` per pixel, clipped; H x W x 3 uint8 -> same.
 
-    Runs in Pillow's C code (``convert("RGB", matrix)``), about 20x faster than float numpy;
+    Runs in Pillow's C code (``convert("RGB", matrix)``), several times faster than float numpy;
     brightness, contrast, saturation and channel gains are all of this form.
     """
     coeffs = np.concatenate([np.asarray(matrix, np.float64), np.asarray(offset)[:, None]], axis=1)

@@ -219,7 +219,7 @@ class LazyColumn:
 
 @dataclass
 class FolderVideo:
-    """The annotated frames of one on-disk video (``stm_core.io.VideoFolder``) as lazy
+    """The annotated frames of one on-disk video as lazy
     ``frames`` / ``masks`` sequences; a mask whose size differs from its frame is resized
     (nearest) to the frame, since real data has such off-by-one masks."""
 
@@ -252,31 +252,26 @@ class FolderVideo:
 
 
 class FolderVideoSource:
-    """Every video under a DAVIS or YouTube-VOS root, as training videos (extra source).
+    """Videos of a dataset folder (DAVIS / YouTube-VOS) as training videos (an extra source).
 
     Only annotated frames are used (the others have no masks to train on); videos with fewer
     than ``min_frames`` annotated frames are skipped. Frames are read from disk when sampled.
+    Finding the videos is the input side's job (``pipeline.training.folders`` builds this from a
+    root with ``pipeline.corpus``); ``source`` names the folder in errors.
     """
 
-    def __init__(self, root: str | Path, resolution: str = "480p", min_frames: int = 1) -> None:
-        from ..io import list_videos
-
-        self.root = Path(root)
+    def __init__(
+        self, videos: Sequence[FolderVideo], source: str | Path = "", min_frames: int = 1
+    ) -> None:
+        self.root = Path(source)
         self.videos: list[FolderVideo] = []
-        for folder in list_videos(self.root, resolution):
-            annotated = folder.annotated_frames()
-            if len(annotated) < min_frames:
-                logger.info("%s: %d annotated frames, skipped", folder.name, len(annotated))
+        for video in videos:
+            if len(video) < min_frames:
+                logger.info("%s: %d annotated frames, skipped", video.name, len(video))
                 continue
-            self.videos.append(
-                FolderVideo(
-                    name=folder.name,
-                    frame_paths=tuple(folder.frame_paths[i] for i in annotated),
-                    mask_paths=tuple(folder.mask_paths[i] for i in annotated),
-                )
-            )
+            self.videos.append(video)
         if not self.videos:
-            raise InputError(self.root, f"no video with at least {min_frames} annotated frames")
+            raise InputError(source, f"no video with at least {min_frames} annotated frames")
 
     def __len__(self) -> int:
         return len(self.videos)

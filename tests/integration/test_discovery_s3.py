@@ -19,10 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from pycocotools import mask as coco_mask
 
-from pipeline.discovery import Discovery, discover
-from pipeline.seed_readers import read_seeds
+from pipeline.corpus import Discovery, discover, iter_frames, probe, read_seeds
 from pipeline.storage import open_fs
-from pipeline.video_readers import iter_frames, probe
 from schemas.tables import SEEDS_SCHEMA
 from stm_core import io as stm_io
 
@@ -174,7 +172,7 @@ def test_missing_bucket_and_seed_file_are_rows(s3_server, s3_tree: str) -> None:
 
     no_seeds = discover(f"{s3_tree}/corpus", s3_server.storage, seeds_uri=f"{s3_tree}/nope.parquet")
     assert no_seeds.tasks == []
-    assert [(e.stage, e.error_type) for e in no_seeds.errors] == [("seeds", "unreadable_uri")]
+    assert [(e.stage, e.error_type) for e in no_seeds.errors] == [("seed", "unreadable_uri")]
 
 
 def test_a_rewritten_seed_table_is_read_again(s3_server, local_tree: Path, s3_tree: str) -> None:

@@ -24,11 +24,9 @@ import pytest
 from corpus_factory import CorpusBuilder, make_checkpoint, read_output, synthetic_video
 
 from pipeline import ledger, rle, table_io
+from pipeline.corpus import discover, iter_frames, probe, read_seeds
 from pipeline.corpus_job import run_label_job
-from pipeline.discovery import discover
-from pipeline.seed_readers import read_seeds
 from pipeline.storage import open_fs, pyarrow_filesystem, split_uri
-from pipeline.video_readers import iter_frames, probe
 from schemas.label_job import LabelJobConfig
 from schemas.tables import MASKS, RUN_PARTITION_SCHEMA, MaskRow
 

@@ -38,12 +38,10 @@ from corpus_factory import (
 )
 
 from pipeline import ledger
+from pipeline.corpus import discover, iter_frames, probe, read_seeds
 from pipeline.corpus_job import RunSummary, run_label_job
-from pipeline.discovery import discover
 from pipeline.rle import decode
-from pipeline.seed_readers import read_seeds
 from pipeline.storage import open_fs
-from pipeline.video_readers import iter_frames, probe
 from schemas.label_job import LabelJobConfig
 from stm_core import load_model, propagate
 from stm_core.adaptation import Adaptation, adapt_to_seeds

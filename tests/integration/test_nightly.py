@@ -36,12 +36,12 @@ from corpus_factory import upload_tree
 from ray_train_watch import checkpoint_dirs, ray_latest_checkpoint, wait_for_cpus_free
 
 from pipeline import table_io
-from pipeline.corpus_job import read_checkpoint
 from pipeline.engine.corrections import add_correction
 from pipeline.engine.layout import EngineLayout
 from pipeline.engine.lock import LockHeldError, StoreLock
 from pipeline.engine.nightly import run_nightly
 from pipeline.engine.registry import read_promoted, read_registry
+from pipeline.engine.run_inputs import resolve_label_inputs
 from pipeline.run_reader import open_run
 from schemas.label_job import LabelJobConfig
 from schemas.nightly import NightlyConfig
@@ -120,7 +120,7 @@ def default_checkpoint_id(store: str, data: dict[str, str], s3_server) -> str:
     config = LabelJobConfig(
         corpus_uri=data["corpus"], output_uri=store, run_id="probe", storage=s3_server.storage
     )
-    return read_checkpoint(config)[1]
+    return resolve_label_inputs(config).checkpoint[1]
 
 
 def test_nights_promote_a_better_model_and_refuse_a_worse_one(

@@ -168,8 +168,9 @@ def test_parse_crop():
 def test_a_seed_frame_of_the_wrong_size_is_named_before_adapting(tmp_path, random_stm):
     from PIL import Image
 
-    from stm_core.evaluation import evaluate_video
-    from stm_core.io import video_from_dirs, write_mask
+    from pipeline.corpus import folder_video
+    from pipeline.evaluation import evaluate_task
+    from stm_core.io import write_mask
 
     (tmp_path / "f").mkdir()
     for t in range(3):
@@ -181,9 +182,9 @@ def test_a_seed_frame_of_the_wrong_size_is_named_before_adapting(tmp_path, rando
     second_seed[5:9, 40:50] = 2
     write_mask(tmp_path / "m" / "00001.png", np.maximum(second_seed, mask))
     Image.new("RGB", (80, 48)).save(tmp_path / "f" / "00001.jpg")  # object 2's seed frame
-    video = video_from_dirs(tmp_path / "f", tmp_path / "m", "odd")
+    task, fs = folder_video(str(tmp_path / "f"), str(tmp_path / "m"), name="odd")
     with pytest.raises(InputError, match=r"00001\.jpg.*80x48"):
-        evaluate_video(random_stm, video, adaptation=SMALL)
+        evaluate_task(random_stm, task, fs, adaptation=SMALL)
 
 
 def test_job_config_defaults_match_the_library_defaults():

@@ -1,5 +1,5 @@
 """Human corrections: the corrections table (pipeline.engine.corrections), how corrections
-become seeds (pipeline.seed_readers.apply_corrections), and ``add_correction`` against a
+become seeds (pipeline.corpus.apply_corrections), and ``add_correction`` against a
 committed labeling run written in ``tmp_path`` with :mod:`pipeline.ledger`."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline import ledger
+from pipeline.corpus import RleSeed, apply_corrections
 from pipeline.engine.corrections import (
     add_correction,
     correction_rows,
@@ -22,7 +23,6 @@ from pipeline.engine.corrections import (
     write_corrections,
 )
 from pipeline.rle import decode, encode, encode_label_map
-from pipeline.seed_readers import RleSeed, apply_corrections
 from schemas.tables import CORRECTIONS, ERRORS, MASKS, MaskRow
 from stm_core.errors import InputError
 from stm_core.io import write_mask
@@ -148,7 +148,7 @@ def test_an_empty_correction_removes_the_object_from_a_seed_frame() -> None:
 
 
 def test_a_frame_is_completely_corrected_when_every_object_is() -> None:
-    from pipeline.seed_readers import complete_correction_frames
+    from pipeline.corpus import complete_correction_frames
 
     empty = np.zeros((H, W), bool)
     fixes = [seed(2, 1, empty), seed(2, 2, empty), seed(4, 1, empty)]

@@ -26,15 +26,15 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from pipeline.discovery import discover
-from pipeline.seed_readers import read_seeds
-from pipeline.video_readers import (
+from pipeline.corpus import (
     FrameScale,
     VideoInfo,
+    discover,
     frame_name,
     frame_names,
     iter_frames,
     probe,
+    read_seeds,
 )
 from schemas.tables import SEEDS_SCHEMA
 from stm_core import io as stm_io
@@ -152,17 +152,16 @@ def test_davis_root_matches_stm_core_reader(tmp_path: Path) -> None:
     assert pickle.loads(blob) == swan
     assert len(blob) < 2000  # names, not paths or arrays
 
-    for task in result.tasks:
-        ref = stm_io.video_from_dirs(
-            root / "JPEGImages" / "480p" / task.video_id,
-            root / "Annotations" / "480p" / task.video_id,
-        )
+    for task in result.tasks:  # the same pixels as stm_core.io's file readers
+        frame_paths = sorted((root / "JPEGImages" / "480p" / task.video_id).iterdir())
+        stems = [path.stem for path in frame_paths]
         info = probe(task, LOCAL)
-        assert info == VideoInfo(stm_io.frame_size(ref), len(ref))
-        for got, want in zip(iter_frames(task, LOCAL), stm_io.iter_frames(ref), strict=True):
-            np.testing.assert_array_equal(got, want)
+        assert info == VideoInfo(stm_io.read_frame_size(frame_paths[0]), len(frame_paths))
+        for got, path in zip(iter_frames(task, LOCAL), frame_paths, strict=True):
+            np.testing.assert_array_equal(got, stm_io.read_frame(path))
         seeds = read_seeds(task, LOCAL, info.size)
-        want_seeds = stm_io.read_seeds(ref, info.size)
+        masks = sorted((root / "Annotations" / "480p" / task.video_id).glob("*.png"))
+        want_seeds = {stems.index(path.stem): stm_io.read_mask(path) for path in masks}
         assert seeds.keys() == want_seeds.keys()
         for index, labels in seeds.items():
             np.testing.assert_array_equal(labels, want_seeds[index])
@@ -430,7 +429,7 @@ def test_unreadable_sources_are_single_rows(flat_corpus: Path, tmp_path: Path) -
     no_seeds = discover(str(flat_corpus), seeds_uri=str(tmp_path / "gone.json"))
     assert no_seeds.tasks == []
     (error,) = no_seeds.errors[-1:]
-    assert (error.stage, error.error_type) == ("seeds", "unreadable_uri")
+    assert (error.stage, error.error_type) == ("seed", "unreadable_uri")
     assert "gone.json" in error.message
 
     (tmp_path / "broken.json").write_text("{not json")
@@ -735,19 +734,19 @@ def test_video_file_is_streamed_from_the_file_object(flat_corpus: Path) -> None:
 
 
 def test_decode_from_bytes_is_the_stm_core_decode(tmp_path: Path) -> None:
-    """The fsspec readers must agree with stm_core.io on mask modes (palette and 'L')."""
-    from pipeline.seed_readers import decode_mask_bytes
-    from pipeline.video_readers import decode_frame_bytes
+    """Decoding bytes (the fsspec readers' path) must agree with stm_core.io's file readers on
+    mask modes (palette and 'L') and frames, and drop alpha."""
+    from stm_core.codec import decode_frame, decode_label_map
 
     for path in (REAL_MASKS / "cutie-bike" / "00000.png", REAL_MASKS / "blackswan" / "00000.png"):
         np.testing.assert_array_equal(
-            decode_mask_bytes(path.read_bytes(), str(path)), stm_io.read_mask(path)
+            decode_label_map(path.read_bytes(), str(path)), stm_io.read_mask(path)
         )
     frame = REAL_FRAMES / "blackswan" / "00000.jpg"
     np.testing.assert_array_equal(
-        decode_frame_bytes(frame.read_bytes(), str(frame)), stm_io.read_frame(frame)
+        decode_frame(frame.read_bytes(), str(frame)), stm_io.read_frame(frame)
     )
     buffer = io.BytesIO()
     Image.new("RGBA", (5, 4), (10, 20, 30, 40)).save(buffer, format="PNG")
-    rgba = decode_frame_bytes(buffer.getvalue(), "rgba.png")
+    rgba = decode_frame(buffer.getvalue(), "rgba.png")
     assert rgba.shape == (4, 5, 3) and rgba[0, 0].tolist() == [10, 20, 30]

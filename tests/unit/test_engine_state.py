@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline import ledger
-from pipeline.discovery import VideoTask, fingerprint
+from pipeline.corpus import VideoTask, fingerprint
 from pipeline.engine.state import (
     VideoLabels,
     committed_runs,

@@ -2,8 +2,14 @@
 
 import numpy as np
 
-from stm_core.evaluation import evaluate_video, first_appearance_seeds, scored_frames
-from stm_core.io import list_videos
+from pipeline.corpus import discover_dataset, folder_video
+from pipeline.evaluation import evaluate_task
+from stm_core.evaluation import first_appearance_seeds, scored_frames
+
+
+def _real_task(root, name):
+    dataset = discover_dataset(str(root))
+    return next(t for t in dataset.tasks if t.video_id == name), dataset.fs
 
 
 def test_first_appearance_seeds_keep_only_new_objects():
@@ -26,7 +32,7 @@ def test_evaluate_video_scores_the_annotated_frames(real_data_root, tmp_path):
     from PIL import Image
 
     from stm_core import STM, InputError
-    from stm_core.io import read_mask, video_from_dirs, write_mask
+    from stm_core.io import read_mask, write_mask
 
     src = real_data_root / "JPEGImages" / "480p" / "blackswan"
     gt = real_data_root / "Annotations" / "480p" / "blackswan"
@@ -38,12 +44,13 @@ def test_evaluate_video_scores_the_annotated_frames(real_data_root, tmp_path):
         write_mask(tmp_path / "m" / f"{name}.png", np.asarray(small))
     torch.manual_seed(0)
     model = STM("resnet18").eval()
-    scores = evaluate_video(model, video_from_dirs(tmp_path / "f", tmp_path / "m", "swan"))
+    task, fs = folder_video(str(tmp_path / "f"), str(tmp_path / "m"), name="swan")
+    scores = evaluate_task(model, task, fs)
     assert scores.object_ids == (1,)
     assert 0.0 <= scores.j_and_f <= 1.0
-    bike = next(v for v in list_videos(real_data_root) if v.name == "cutie-bike")
+    bike, fs = _real_task(real_data_root, "cutie-bike")
     with pytest.raises(InputError, match="only 1 ground-truth frame"):
-        evaluate_video(model, bike)  # one annotated frame: nothing to score
+        evaluate_task(model, bike, fs)  # one annotated frame: nothing to score
 
 
 def _labels(*objects: int) -> np.ndarray:
@@ -74,7 +81,7 @@ def test_masks_that_only_seed_new_objects_are_not_ground_truth():
 
 
 def test_a_late_object_gets_no_credit_for_frames_before_it(tmp_path):
-    from stm_core.folder_tasks import evaluate_folders
+    from pipeline.folder_tasks import evaluate_folders
     from stm_core.io import write_mask
 
     gt = [_labels(1), _labels(1), _labels(1, 2), _labels(1, 2), _labels(1, 2)]
@@ -100,6 +107,6 @@ def test_a_video_of_seeds_only_is_refused_before_propagating(real_data_root):
 
     from stm_core.evaluation import NothingToScoreError
 
-    judo = next(v for v in list_videos(real_data_root) if v.name == "cutie-judo")
+    judo, fs = _real_task(real_data_root, "cutie-judo")
     with pytest.raises(NothingToScoreError, match="cutie-judo.*only seed new objects"):
-        evaluate_video(object(), judo, resize_mismatched=True)  # no model is ever touched
+        evaluate_task(object(), judo, fs)  # no model is ever touched

@@ -1,4 +1,6 @@
-"""stm_core.io against the real DAVIS-layout clips, a YouTube-VOS tree built here, and bad input.
+"""stm_core.io and stm_core.codec: the palette, single frames and masks, bad input.
+
+Finding the videos of a folder is pipeline.corpus's (tests/unit/test_corpus_folders.py).
 
 Expected numbers come from /work/shared/data/real/SOURCES.md (frame counts, annotated frames,
 object ids, sizes) or are derived by hand in the test (palette entries, pixel counts).
@@ -6,8 +8,6 @@ object ids, sizes) or are derived by hand in the test (palette entries, pixel co
 
 from __future__ import annotations
 
-import logging
-import types
 from pathlib import Path
 
 import numpy as np
@@ -17,38 +17,15 @@ from PIL import Image
 from stm_core.errors import InputError
 from stm_core.io import (
     DAVIS_PALETTE,
-    find_layout,
-    frame_size,
-    iter_frames,
-    list_videos,
     read_annotations,
     read_frame,
     read_mask,
-    read_seeds,
-    video_from_dirs,
     write_mask,
 )
 
 REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
 REAL_FRAMES = REAL / "JPEGImages" / "480p"
 REAL_MASKS = REAL / "Annotations" / "480p"
-
-# SOURCES.md, "Summary": frames and annotated frames per sequence.
-REAL_COUNTS = {
-    "blackswan": (50, 50),
-    "car-shadow": (40, 40),
-    "libby": (49, 49),
-    "kite-surf": (50, 50),
-    "horsejump-high": (50, 50),
-    "xmem2-chair": (60, 60),
-    "xmem2-caps": (87, 5),
-    "cutie-judo": (16, 4),
-    "cutie-bike": (4, 1),
-}
-
-
-def _real_video(name: str):
-    return video_from_dirs(REAL_FRAMES / name, REAL_MASKS / name)
 
 
 def _write_frame(path: Path, height: int, width: int, value: int = 100) -> None:
@@ -235,199 +212,10 @@ def test_missing_file(tmp_path: Path) -> None:
         read_mask(tmp_path / "nope.png")
 
 
-# --- the real DAVIS-layout data -----------------------------------------------------------------
-
-
-def test_real_data_layout_and_counts() -> None:
-    layout = find_layout(REAL)
-    assert layout.kind == "davis"
-    assert layout.frames_root == REAL_FRAMES and layout.masks_root == REAL_MASKS
-    videos = list_videos(REAL)
-    assert [v.name for v in videos] == sorted(REAL_COUNTS)
-    counts = {v.name: (len(v.frame_paths), len(v.mask_paths)) for v in videos}
-    assert counts == REAL_COUNTS
-    for video in videos:  # every mask sits on the frame with its stem
-        names = video.frame_names()
-        assert all(names[i] == p.stem for i, p in video.mask_paths.items())
-        assert names[0] == "00000" and len(video) == len(names)
-
-
-def test_real_sparse_annotations_and_portrait_size() -> None:
-    caps = _real_video("xmem2-caps")
-    assert caps.annotated_frames() == (0, 14, 33, 43, 66)
-    assert caps.frame_index("00066") == 66
-    assert frame_size(caps) == (853, 480)  # (height, width): 480 wide x 853 high
-    first = next(iter_frames(caps))
-    assert first.shape == (853, 480, 3)
-    seeds = read_seeds(caps, frame_size(caps))
-    assert sorted(seeds) == [0, 14, 33, 43, 66]
-    assert all(m.shape == (853, 480) for m in seeds.values())
-
-
-def test_real_judo_mismatch_is_rejected_naming_file_and_sizes() -> None:
-    judo = _real_video("cutie-judo")
-    with pytest.raises(InputError) as info:
-        read_seeds(judo, (480, 854))
-    assert info.value.source.endswith("00005.png")
-    message = str(info.value)
-    assert "00005.png" in message and "853x480" in message and "854x480" in message
-
-
-def test_real_judo_resize_option(caplog: pytest.LogCaptureFixture) -> None:
-    judo = _real_video("cutie-judo")
-    original = read_mask(judo.mask_paths[5])
-    assert original.shape == (480, 853)
-    with caplog.at_level(logging.WARNING, logger="stm_core.io"):
-        seeds = read_seeds(judo, (480, 854), resize_mismatched=True)
-    assert sorted(seeds) == [0, 5, 8, 13]
-    assert all(m.shape == (480, 854) for m in seeds.values())
-    assert set(np.unique(seeds[5])) == {0, 2}  # nearest: no new ids
-    # one column is duplicated: the area grows by at most one column's worth (480 px)
-    grown = int((seeds[5] == 2).sum()) - int((original == 2).sum())
-    assert 0 <= grown <= 480
-    np.testing.assert_array_equal(seeds[0], read_mask(judo.mask_paths[0]))  # untouched
-    assert any("00005.png" in r.getMessage() for r in caplog.records)
-
-
-def test_iter_frames_is_a_stream() -> None:
-    bike = _real_video("cutie-bike")
-    frames = iter_frames(bike)
-    assert isinstance(frames, types.GeneratorType)
-    shapes = [f.shape for f in frames]
-    assert shapes == [(480, 854, 3)] * 4
-
-
-# --- YouTube-VOS layout built here --------------------------------------------------------------
-
-
-def _youtube_tree(root: Path) -> None:
-    for name in ("00000", "00005", "00010", "00015"):
-        _write_frame(root / "JPEGImages" / "b1c2" / f"{name}.jpg", 6, 8)
-    for name in ("00000", "00005"):
-        _write_frame(root / "JPEGImages" / "a0ff" / f"{name}.jpg", 5, 4)
-    (root / "JPEGImages" / "a0ff" / "._00000.jpg").write_bytes(b"macOS junk")  # hidden: skipped
-    first = np.zeros((6, 8), np.uint8)
-    first[1:3, 1:3] = 1
-    later = first.copy()
-    later[4:, 5:] = 2  # object 2 first appears at 00010
-    write_mask(root / "Annotations" / "b1c2" / "00000.png", first)
-    write_mask(root / "Annotations" / "b1c2" / "00010.png", later)
-    write_mask(root / "Annotations" / "gone" / "00000.png", first)  # no frames: skipped
-
-
-def test_youtube_vos_layout(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    _youtube_tree(tmp_path)
-    layout = find_layout(tmp_path)
-    assert layout.kind == "youtube-vos"
-    assert layout.frames_root == tmp_path / "JPEGImages"
-    with caplog.at_level(logging.WARNING, logger="stm_core.io"):
-        videos = list_videos(tmp_path)
-    assert "gone" in caplog.text
-    assert [v.name for v in videos] == ["a0ff", "b1c2"]
-    a0ff, b1c2 = videos
-    assert a0ff.frame_names() == ("00000", "00005") and a0ff.mask_paths == {}
-    assert b1c2.frame_names() == ("00000", "00005", "00010", "00015")
-    assert b1c2.annotated_frames() == (0, 2)  # indices are positions, not the numbers in names
-    seeds = read_seeds(b1c2, frame_size(b1c2))
-    assert set(np.unique(seeds[0])) == {0, 1} and set(np.unique(seeds[2])) == {0, 1, 2}
-    assert int((seeds[2] == 2).sum()) == 2 * 3  # rows 4..5, columns 5..7
-
-
-def test_youtube_vos_without_annotations_folder(tmp_path: Path) -> None:
-    _write_frame(tmp_path / "JPEGImages" / "only" / "00000.jpg", 4, 4)
-    layout = find_layout(tmp_path)
-    assert layout.kind == "youtube-vos" and layout.masks_root is None
-    assert list_videos(tmp_path)[0].mask_paths == {}
-
-
-def test_layout_errors(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="does not exist"):
-        find_layout(tmp_path / "missing")
-    with pytest.raises(InputError, match="has no JPEGImages folder"):
-        find_layout(tmp_path)
-    _write_frame(tmp_path / "JPEGImages" / "Full-Resolution" / "seq" / "00000.jpg", 4, 4)
-    with pytest.raises(InputError, match="no '480p' folder.*Full-Resolution"):
-        find_layout(tmp_path)
-    assert find_layout(tmp_path, resolution="Full-Resolution").kind == "davis"
-
-
-# --- folders and streams: bad input -------------------------------------------------------------
-
-
-def test_missing_and_empty_folders(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="does not exist") as info:
-        video_from_dirs(tmp_path / "missing")
-    assert info.value.source == str(tmp_path / "missing")
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "notes.txt").write_text("no frames here")
-    with pytest.raises(InputError, match=r"no frames \(\*\.jpg, \*\.jpeg, \*\.png\)"):
-        video_from_dirs(tmp_path / "empty")
-    _write_frame(tmp_path / "ok" / "00000.jpg", 4, 4)
-    with pytest.raises(InputError, match="does not exist"):
-        video_from_dirs(tmp_path / "ok", tmp_path / "no-masks")
+def test_read_annotations_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         read_annotations(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no masks here")
     with pytest.raises(InputError, match=r"no masks \(\*\.png\)"):
         read_annotations(tmp_path / "empty")
-
-
-def test_mask_with_no_frame(tmp_path: Path) -> None:
-    _write_frame(tmp_path / "f" / "00000.jpg", 4, 4)
-    write_mask(tmp_path / "m" / "00000.png", np.zeros((4, 4), np.uint8))
-    write_mask(tmp_path / "m" / "00007.png", np.zeros((4, 4), np.uint8))
-    with pytest.raises(InputError, match="mask has no frame named 00007") as info:
-        video_from_dirs(tmp_path / "f", tmp_path / "m")
-    assert info.value.source == str(tmp_path / "m" / "00007.png")
-
-
-def test_two_frames_with_one_stem(tmp_path: Path) -> None:
-    _write_frame(tmp_path / "00000.jpg", 4, 4)
-    _write_frame(tmp_path / "00000.png", 4, 4)
-    with pytest.raises(InputError, match="same name"):
-        video_from_dirs(tmp_path)
-
-
-def test_frames_sorted_by_name_with_numbers_compared_as_numbers(tmp_path: Path) -> None:
-    for stem in ("frame_10", "frame_2", "frame_1"):
-        _write_frame(tmp_path / f"{stem}.png", 3, 3)
-    _write_frame(tmp_path / "frame_3.JPEG", 3, 3)  # upper-case suffix counts too
-    video = video_from_dirs(tmp_path, name="clip")
-    assert video.name == "clip"
-    assert video.frame_names() == ("frame_1", "frame_2", "frame_3", "frame_10")
-
-
-def test_frame_of_another_size_fails_when_reached(tmp_path: Path) -> None:
-    for i, height in enumerate((6, 6, 7, 6)):
-        _write_frame(tmp_path / f"{i:05d}.jpg", height, 8)
-    video = video_from_dirs(tmp_path)
-    frames = iter_frames(video)
-    assert next(frames).shape == (6, 8, 3)
-    assert next(frames).shape == (6, 8, 3)
-    with pytest.raises(InputError) as info:
-        next(frames)
-    assert info.value.source == str(tmp_path / "00002.jpg")
-    assert "8x7" in str(info.value) and "8x6" in str(info.value)
-
-
-def test_expected_size_applies_to_the_first_frame(tmp_path: Path) -> None:
-    _write_frame(tmp_path / "00000.jpg", 6, 8)
-    with pytest.raises(InputError, match=r"00000\.jpg: frame size 8x6 .* video's 9x6"):
-        list(iter_frames(video_from_dirs(tmp_path), expected_size=(6, 9)))
-
-
-def test_corrupt_frame_mid_video_fails_when_reached(tmp_path: Path) -> None:
-    _write_frame(tmp_path / "00000.jpg", 4, 4)
-    (tmp_path / "00001.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    frames = iter_frames(video_from_dirs(tmp_path))
-    assert next(frames).shape == (4, 4, 3)
-    with pytest.raises(InputError, match=r"00001\.jpg: is not a readable image"):
-        next(frames)
-
-
-def test_corrupt_seed_mask_is_named(tmp_path: Path) -> None:
-    _write_frame(tmp_path / "f" / "00000.jpg", 4, 4)
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "00000.png").write_text("not an image")
-    video = video_from_dirs(tmp_path / "f", tmp_path / "m")
-    with pytest.raises(InputError, match=r"m/00000\.png: is not a readable mask image"):
-        read_seeds(video, (4, 4))

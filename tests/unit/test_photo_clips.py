@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.training.folders import folder_video_source
 from schemas.training import TrainConfig
 from stm_core.errors import InputError
-from stm_core.training import ClipDataset, FolderVideoSource
+from stm_core.training import ClipDataset
 from stm_core.training.photo_clips import PhotoSource, photo_clip, photo_composite
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,7 +100,7 @@ def test_photo_prob_zero_leaves_items_as_they_were(tmp_path: Path) -> None:
 
 
 def test_davis_train_videos_give_aligned_deterministic_clips(train_data_root: Path) -> None:
-    source = FolderVideoSource(train_data_root / "davis16-train", resolution="360p")
+    source = folder_video_source(train_data_root / "davis16-train", resolution="360p")
     assert len(source) == 30
     dataset = ClipDataset(6, crop=(128, 128), sources=[source], source_prob=1.0, max_skip=5, seed=2)
     again = ClipDataset(6, crop=(128, 128), sources=[source], source_prob=1.0, max_skip=5, seed=2)

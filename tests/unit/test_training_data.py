@@ -14,13 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.training.folders import folder_video_source
 from stm_core.errors import InputError
 from stm_core.io import read_mask
 from stm_core.training import (
     HELDOUT_IMAGES,
     TRAIN_IMAGES,
     ClipDataset,
-    FolderVideoSource,
     collate_clips,
     evaluation_videos,
     heldout_videos,
@@ -552,7 +552,7 @@ def test_heldout_videos_save_as_davis_and_load_back(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="exists"):
         save_as_davis(videos[:1], root)
 
-    source = FolderVideoSource(root)
+    source = folder_video_source(root)
     assert [v.name for v in source.videos] == [v.name for v in videos]
     loaded = source[0]
     assert len(loaded) == 4
@@ -590,12 +590,12 @@ def test_folder_source_uses_only_annotated_frames(tmp_path: Path) -> None:
     labels[10:20, 10:20] = 1
     for t in (0, 3):
         Image.fromarray(labels * 255).save(masks_dir / f"{t:05d}.png")  # DAVIS-2016 'L' style
-    video = FolderVideoSource(tmp_path)[0]
+    video = folder_video_source(tmp_path)[0]
     assert len(video) == 2
     assert abs(int(video.frames[1].mean()) - 60) <= 2  # frame 3 (20 * 3), not frame 1
     assert set(np.unique(video.masks[1]).tolist()) == {0, 1}
     with pytest.raises(InputError, match="annotated"):
-        FolderVideoSource(tmp_path, min_frames=3)
+        folder_video_source(tmp_path, min_frames=3)
 
 
 # --------------------------------------------------------------------------- torch dataset
@@ -641,7 +641,7 @@ def test_clip_dataset_new_options_default_to_the_old_items_and_reach_the_clips()
 
 def test_clip_dataset_uses_folder_sources_and_skip_setter(tmp_path: Path) -> None:
     root = save_as_davis(heldout_videos(1, num_frames=6, size=SIZE, seed_base=3), tmp_path)
-    ds = ClipDataset(4, seed=0, crop=(48, 48), sources=[FolderVideoSource(root)], source_prob=1.0)
+    ds = ClipDataset(4, seed=0, crop=(48, 48), sources=[folder_video_source(root)], source_prob=1.0)
     ds.set_max_skip(2)
     assert ds.max_skip == 2
     item = ds[0]

@@ -11,9 +11,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from stm_core.model.network import STM
+from stm_core.training.heldout import heldout_videos, save_as_davis
+
 from .folder_tasks import Progress, evaluate_folders, propagate_folder
-from .model.network import STM
-from .training.heldout import heldout_videos, save_as_davis
 
 DEMO_SEED_BASE = 9000  # held-out seed stream; the README's evaluation set starts elsewhere
 

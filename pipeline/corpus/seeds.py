@@ -1,9 +1,10 @@
-"""Seed masks of one corpus video, read lazily by the worker from the source discovery found.
+"""Seed sources parsed and decoded: each format has one parser, used by discovery (which frames
+are seeded) and by the worker (the masks).
 
 Three sources (``SeedRef.kind``):
 
 - ``"masks"``: one PNG per annotated frame, ``<masks folder>/<frame stem>.png`` (DAVIS /
-  YouTube-VOS ``Annotations/``), decoded with the rules of :func:`stm_core.io.read_mask`
+  YouTube-VOS ``Annotations/``), decoded by :func:`stm_core.codec.decode_label_map`
   (palette indices are ids; greyscale ``{0, 255}`` is object 1).
 - ``"coco"``: a COCO-style JSON with RLE masks; its structure is documented at
   :func:`parse_coco_seeds`.
@@ -16,36 +17,36 @@ not once per video, and a file rewritten between runs (new ETag / mtime) is read
 
 Every result is ``frame index -> H x W uint8 label map`` (0 = background, k = object k), the
 form :func:`stm_core.propagation.propagate` takes, at the video's *native* size; see
-:class:`pipeline.video_readers.FrameScale` to bring seeds to a downscaled working size.
+:class:`pipeline.corpus.frames.FrameScale` to bring seeds to a downscaled working size.
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
 
-from pipeline.rle import decode as rle_decode
 from schemas.tables import SEEDS_SCHEMA
+from stm_core.codec import decode_label_map, resize_labels, size_text
 from stm_core.errors import InputError
-from stm_core.io import _DECODE_ERRORS, _labels_from_image
+
+from ..rle import decode as rle_decode
+from ..storage import fs_path
+from .tasks import RleSeed, VideoTask
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-    from pipeline.discovery import VideoTask
-
 __all__ = [
-    "RleSeed",
-    "decode_mask_bytes",
-    "load_seed_index",
+    "apply_corrections",
+    "complete_correction_frames",
+    "load_seed_source",
     "parse_coco_seeds",
+    "read_seed_source",
     "read_seeds",
     "seed_table_frames",
     "seed_table_index",
@@ -56,46 +57,6 @@ logger = logging.getLogger(__name__)
 Size = tuple[int, int]  # (height, width) in pixels
 MAX_OBJECT_ID = 255  # label maps are uint8
 SEED_COLUMNS: tuple[str, ...] = tuple(SEEDS_SCHEMA.names)
-
-
-class RleSeed(NamedTuple):
-    """One object's seed mask on one frame, still RLE-encoded (COCO compressed counts)."""
-
-    frame_index: int
-    object_id: int
-    height: int
-    width: int
-    counts: bytes
-
-
-def _wh(size: Size) -> str:
-    return f"{size[1]}x{size[0]}"
-
-
-def fs_path(uri: str) -> str:
-    """The path inside its filesystem of a URI made by discovery (``s3://b/k`` -> ``b/k``)."""
-    from pipeline.storage import split_uri
-
-    return split_uri(uri)[1]
-
-
-# ---------------------------------------------------------------------------------------------
-# decoding
-
-
-def decode_mask_bytes(data: bytes, source: str) -> np.ndarray:
-    """A PNG annotation's bytes -> ``H x W`` uint8 label map, by :func:`stm_core.io.read_mask`'s
-    rules (palette, greyscale, DAVIS-coloured RGB). ``source`` names the file in errors.
-
-    Uses two private helpers of stm_core.io until it offers decoding from a file object.
-    """
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except _DECODE_ERRORS as exc:
-        raise InputError(source, f"is not a readable mask ({type(exc).__name__}: {exc})") from None
-    with image:
-        return _labels_from_image(image, source)  # type: ignore[arg-type]  # str names it
 
 
 def _require_int(value: Any, what: str, source: str) -> int:
@@ -154,7 +115,8 @@ def _paint(
         if got != size:
             raise InputError(
                 where,
-                f"seed mask size {_wh(got)} (width x height) differs from the video's {_wh(size)}",
+                f"seed mask size {size_text(got)} (width x height) differs from the video's "
+                f"{size_text(size)}",
             )
         frame = by_frame.setdefault(seed.frame_index, {})
         if seed.object_id in frame:
@@ -179,10 +141,6 @@ def _paint(
             labels[mask] = object_id
         out[index] = labels
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# COCO JSON
 
 
 def parse_coco_seeds(document: Any, source: str) -> dict[str, list[RleSeed]]:
@@ -266,10 +224,6 @@ def parse_coco_seeds(document: Any, source: str) -> dict[str, list[RleSeed]]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Parquet seed table
-
-
 def seed_table_index(table: Any, source: str) -> dict[str, list[RleSeed]]:
     """Video id -> its seeds, from a pyarrow Table with the SEEDS_SCHEMA columns."""
     missing = [c for c in SEED_COLUMNS if c not in table.column_names]
@@ -327,20 +281,9 @@ def seed_table_frames(fs: AbstractFileSystem, uri: str) -> dict[str, set[int]]:
     return frames
 
 
-# ---------------------------------------------------------------------------------------------
-# the per-process cache
-
-
-@functools.lru_cache(maxsize=4)
-def load_seed_index(
-    fs: AbstractFileSystem, kind: str, uri: str, version: str
-) -> dict[str, list[RleSeed]]:
-    """Parse a whole COCO / Parquet seed source once per (filesystem, URI, version).
-
-    ``version`` (size and ETag or mtime, recorded by discovery) is part of the key only so a
-    rewritten file is not served from the cache.
-    """
-    logger.info("reading seed source %s (%s)", uri, kind)
+def read_seed_source(fs: AbstractFileSystem, kind: str, uri: str) -> dict[str, list[RleSeed]]:
+    """Video id -> its seeds, from a whole COCO JSON or Parquet seed source: the one parser of
+    each format (discovery takes the seeded frames from it, workers the masks)."""
     fs.invalidate_cache(fs_path(uri))  # a cached listing would give a stale size to pyarrow
     try:
         if kind == "coco":
@@ -359,13 +302,15 @@ def load_seed_index(
     raise ValueError(f"not a table-like seed source kind: {kind!r}")
 
 
-# ---------------------------------------------------------------------------------------------
-# one video
-
-
-def _resize_nearest(labels: np.ndarray, size: Size) -> np.ndarray:
-    image = Image.fromarray(labels)
-    return np.asarray(image.resize((size[1], size[0]), Image.Resampling.NEAREST)).copy()
+@functools.lru_cache(maxsize=4)
+def load_seed_source(
+    fs: AbstractFileSystem, kind: str, uri: str, version: str
+) -> dict[str, list[RleSeed]]:
+    """:func:`read_seed_source` once per process and (filesystem, URI, version): a worker
+    labelling hundreds of videos reads a 100 MB seed file once. ``version`` (size and ETag or
+    mtime, recorded by discovery) is in the key only so a rewritten file is read again."""
+    logger.info("reading seed source %s (%s)", uri, kind)
+    return read_seed_source(fs, kind, uri)
 
 
 def read_seeds(
@@ -379,12 +324,12 @@ def read_seeds(
 
     ``size`` is the video's native ``(height, width)``. ``num_frames`` bounds the frame indices
     (default: ``task.num_frames``, known for frame folders; for video files pass the count from
-    :func:`pipeline.video_readers.probe` when the container states it, else indices are not
+    :func:`pipeline.corpus.frames.probe` when the container states it, else indices are not
     checked here and a seed past the last frame is the caller's to notice).
 
     A seed of another size raises InputError naming the seed source and both sizes; for PNG
-    masks ``resize_mismatched`` resizes them (nearest) with a warning instead, as
-    :func:`stm_core.io.read_seeds` does (real data has an 853-wide mask on 854-wide frames). RLE
+    masks ``resize_mismatched`` resizes them (nearest) with a warning instead (real data has
+    an 853-wide mask on 854-wide frames: cutie-judo). RLE
     seeds are never resized: their size is written next to them, so a mismatch means the wrong
     video. A frame index outside the video raises InputError.
     """
@@ -401,22 +346,25 @@ def read_seeds(
                 data = fs.cat_file(fs_path(mask_uri))
             except OSError as exc:
                 raise InputError(mask_uri, f"cannot read ({type(exc).__name__}: {exc})") from None
-            labels = decode_mask_bytes(data, mask_uri)
+            labels = decode_label_map(data, mask_uri)
             got: Size = (labels.shape[0], labels.shape[1])
             if got != size:
                 if not resize_mismatched:
                     raise InputError(
                         mask_uri,
-                        f"seed mask size {_wh(got)} (width x height) differs from the size "
-                        f"of video {task.video_id!r}, {_wh(size)}",
+                        f"seed mask size {size_text(got)} (width x height) differs from the size "
+                        f"of video {task.video_id!r}, {size_text(size)}",
                     )
                 logger.warning(
-                    "%s: resizing seed mask from %s to %s", mask_uri, _wh(got), _wh(size)
+                    "%s: resizing seed mask from %s to %s",
+                    mask_uri,
+                    size_text(got),
+                    size_text(size),
                 )
-                labels = _resize_nearest(labels, size)
+                labels = resize_labels(labels, size)
             seeds[index] = labels
     elif ref.kind in ("coco", "parquet"):
-        index_map = load_seed_index(fs, ref.kind, ref.uri, ref.version)
+        index_map = load_seed_source(fs, ref.kind, ref.uri, ref.version)
         rows = index_map.get(task.video_id)
         if not rows:
             raise InputError(ref.uri, f"has no seeds for video {task.video_id!r}")
@@ -455,7 +403,7 @@ def apply_corrections(
             raise InputError(
                 where,
                 f"correction size {c.width}x{c.height} (width x height) differs from the "
-                f"video's {_wh(size)}",
+                f"video's {size_text(size)}",
             )
         if c.frame_index < 0 or (num_frames is not None and c.frame_index >= num_frames):
             raise InputError(where, f"frame index outside the video's {num_frames} frames")

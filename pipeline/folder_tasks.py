@@ -1,7 +1,8 @@
-"""Whole-folder tasks on local disk behind the CLI: propagate one video folder, score folders.
+"""Whole-folder tasks behind the CLI: propagate one video folder, score folders of masks.
 
-They join :mod:`stm_core.io` (files) with :func:`~stm_core.propagation.propagate` and
-:mod:`stm_core.metrics` (arrays), so the CLI stays a thin layer of argument parsing.
+A folder is read by :mod:`pipeline.corpus` (the corpus job's own input side: the same task,
+seed reader and frame iterator; a local path is an fsspec path too) and propagated by
+:func:`~stm_core.propagation.propagate`, so the CLI stays a thin layer of argument parsing.
 """
 
 from __future__ import annotations
@@ -10,22 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .adaptation import Adaptation, adapt_to_seeds
-from .errors import InputError
-from .evaluation import NOTHING_TO_SCORE, scored_frames
-from .io import (
-    frame_size,
-    iter_frames,
-    natural_key,
-    read_annotations,
-    read_frames_at,
-    read_seeds,
-    video_from_dirs,
-    write_mask,
-)
-from .metrics import SequenceScores, evaluate_sequence, summarize
-from .model.network import STM
-from .propagation import propagate
+from stm_core.adaptation import Adaptation, adapt_to_seeds
+from stm_core.codec import natural_key
+from stm_core.errors import InputError
+from stm_core.evaluation import NOTHING_TO_SCORE, scored_frames
+from stm_core.io import read_annotations, write_mask
+from stm_core.metrics import SequenceScores, evaluate_sequence, summarize
+from stm_core.model.network import STM
+from stm_core.propagation import propagate
+
+from .corpus import folder_video, frames_at, iter_frames, probe, read_seeds
 
 Progress = Callable[[int, int], None]  # (frames done, total frames)
 
@@ -45,21 +40,20 @@ def propagate_folder(
     by file stem); write one DAVIS palette PNG per frame, named like the frame, into ``out_dir``.
     With ``adaptation``, a copy of the model is fine-tuned on the seed frames first
     (:mod:`stm_core.adaptation`). Returns the number of frames written."""
-    video = video_from_dirs(frames_dir, seeds_dir)
-    if not video.mask_paths:
-        raise InputError(seeds_dir, "no seed masks (*.png) named like a frame")
-    size = frame_size(video)
-    seeds = read_seeds(video, size, resize_mismatched=resize_seeds)
+    task, fs = folder_video(str(frames_dir), str(seeds_dir))
+    info = probe(task, fs)
+    seeds = read_seeds(task, fs, info.size, info.num_frames, resize_mismatched=resize_seeds)
     if adaptation is not None and adaptation.enabled:
-        seed_frames = read_frames_at(video, seeds, size)
+        seed_frames = frames_at(task, fs, seeds, expected_size=info.size)
         model = adapt_to_seeds(model, seed_frames, seeds, adaptation)
     out_dir = Path(out_dir)
-    names = video.frame_names()
-    for out in propagate(model, iter_frames(video, size), seeds, mem_every, max_memory_frames):
+    names = task.frame_names
+    frames = iter_frames(task, fs, expected_size=info.size)
+    for out in propagate(model, frames, seeds, mem_every, max_memory_frames):
         write_mask(out_dir / f"{names[out.frame_index]}.png", out.labels)
         if progress is not None:
-            progress(out.frame_index + 1, len(video))
-    return len(video)
+            progress(out.frame_index + 1, len(names))
+    return len(names)
 
 
 def evaluate_folders(pred_root: str | Path, gt_root: str | Path) -> dict[str, Any]:
@@ -67,7 +61,7 @@ def evaluate_folders(pred_root: str | Path, gt_root: str | Path) -> dict[str, An
 
     Each ground-truth PNG must have a prediction with the same name; extra predicted frames are
     ignored. Objects first annotated after a sequence's first mask are scored only after it,
-    as :func:`stm_core.evaluation.evaluate_root` scores them. Returns
+    as :func:`pipeline.evaluation.evaluate_root` scores them. Returns
     :func:`stm_core.metrics.summarize`'s dict plus ``unscored`` (sequence -> why), the
     sequences whose masks only seed objects.
     """

@@ -25,10 +25,9 @@ the working size with ``FrameScale.to_working``.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,22 +35,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from stm_core.codec import DECODE_ERRORS, decode_frame, image_size, resize_labels, size_text
 from stm_core.errors import InputError
-from stm_core.io import _DECODE_ERRORS
 
-from .seed_readers import fs_path
+from ..storage import fs_path
+from .tasks import VideoTask
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-    from .discovery import VideoTask
-
 __all__ = [
     "FrameScale",
     "VideoInfo",
-    "decode_frame_bytes",
     "frame_name",
     "frame_names",
+    "frames_at",
     "iter_frames",
     "probe",
 ]
@@ -60,10 +58,6 @@ logger = logging.getLogger(__name__)
 
 Size = tuple[int, int]  # (height, width) in pixels
 FILE_FRAME_DIGITS = 6  # video file frames are named 000000, 000001, ...
-
-
-def _wh(size: Size) -> str:
-    return f"{size[1]}x{size[0]}"
 
 
 @dataclass(frozen=True)
@@ -98,18 +92,11 @@ class FrameScale:
 
     def to_working(self, labels: np.ndarray) -> np.ndarray:
         """A native-size ``H x W`` label map at the working size (nearest: ids never blend)."""
-        return _resize_labels(labels, self.working)
+        return resize_labels(labels, self.working)
 
     def to_native(self, labels: np.ndarray) -> np.ndarray:
         """A working-size label map back at the native size (nearest), for storing."""
-        return _resize_labels(labels, self.native)
-
-
-def _resize_labels(labels: np.ndarray, size: Size) -> np.ndarray:
-    if labels.shape[:2] == size:
-        return labels
-    image = Image.fromarray(labels)
-    return np.asarray(image.resize((size[1], size[0]), Image.Resampling.NEAREST)).copy()
+        return resize_labels(labels, self.native)
 
 
 @dataclass(frozen=True)
@@ -119,10 +106,6 @@ class VideoInfo:
 
     size: Size
     num_frames: int | None
-
-
-# ---------------------------------------------------------------------------------------------
-# names
 
 
 def frame_name(task: VideoTask, index: int) -> str:
@@ -142,26 +125,6 @@ def frame_names(task: VideoTask, num_frames: int | None = None) -> tuple[str, ..
     if num_frames is None:
         raise ValueError(f"{task.uri}: num_frames is needed to name a video file's frames")
     return tuple(frame_name(task, i) for i in range(num_frames))
-
-
-# ---------------------------------------------------------------------------------------------
-# images
-
-
-def decode_frame_bytes(data: bytes, source: str, size: Size | None = None) -> np.ndarray:
-    """An encoded image -> ``H x W x 3`` uint8 RGB (any mode converted, alpha dropped, EXIF
-    orientation not applied: the rules of :func:`stm_core.io.read_frame`). ``size`` (height,
-    width), if given, resizes it with area averaging. Errors name ``source``."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()  # a truncated file only fails here
-    except _DECODE_ERRORS as exc:
-        raise InputError(source, f"is not a readable image ({type(exc).__name__}: {exc})") from None
-    with image:
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        if size is not None and (rgb.height, rgb.width) != size:
-            rgb = rgb.resize((size[1], size[0]), Image.Resampling.BOX)
-        return np.array(rgb, dtype=np.uint8)
 
 
 def _fetch_ahead(fs: AbstractFileSystem, paths: list[str], depth: int) -> Iterator[Future[bytes]]:
@@ -197,30 +160,22 @@ def _folder_frames(
                 data = future.result()
             except OSError as exc:
                 raise InputError(where, f"cannot read ({type(exc).__name__}: {exc})") from None
-            native = _image_size(data, where)
-            if size is None:
-                size = native
-            elif native != size:
-                raise InputError(
-                    where, f"frame size {_wh(native)} (width x height) differs from {_wh(size)}"
-                )
+            size = _same_size(image_size(data, where), size, where)
             if scale is None:
                 scale = FrameScale.for_size(size, max_side)
-            yield decode_frame_bytes(data, where, scale.working if scale.resized else None)
+            yield decode_frame(data, where, scale.working if scale.resized else None)
     finally:
         fetches.close()
 
 
-def _image_size(data: bytes, source: str) -> Size:
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.height, image.width
-    except _DECODE_ERRORS as exc:
-        raise InputError(source, f"is not a readable image ({type(exc).__name__}: {exc})") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# video files
+def _same_size(native: Size, size: Size | None, where: str) -> Size:
+    """The video's size: the first frame's (or the expected one); a frame of another size is an
+    error naming it, since one mask per frame must fit every frame."""
+    if size is not None and native != size:
+        raise InputError(
+            where, f"frame size {size_text(native)} (width x height) differs from {size_text(size)}"
+        )
+    return native if size is None else size
 
 
 def _open_video(task: VideoTask, fs: AbstractFileSystem):  # -> (file, container)
@@ -273,13 +228,7 @@ def _file_frames(
                     "cannot decode: the file is corrupt or truncated "
                     f"({type(exc).__name__}: {exc})",
                 ) from None
-            native = (frame.height, frame.width)
-            if size is None:
-                size = native
-            elif native != size:
-                raise InputError(
-                    where, f"frame size {_wh(native)} (width x height) differs from {_wh(size)}"
-                )
+            size = _same_size((frame.height, frame.width), size, where)
             if scale is None:
                 scale = FrameScale.for_size(size, max_side)
             if scale.resized:
@@ -298,10 +247,6 @@ def _file_frames(
             f"video {task.video_id!r} states {stated} frames but only {index} decode: the file "
             "is truncated (a file cut between packets ends without a decoding error)",
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# entry points
 
 
 def iter_frames(
@@ -343,7 +288,7 @@ def probe(task: VideoTask, fs: AbstractFileSystem) -> VideoInfo:
         try:
             with fs.open(fs_path(uri), "rb") as file, Image.open(file) as image:
                 size = (image.height, image.width)
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             raise InputError(
                 f"{uri} (video {task.video_id!r}, frame 0)",
                 f"is not a readable image ({type(exc).__name__}: {exc})",
@@ -366,3 +311,30 @@ def probe(task: VideoTask, fs: AbstractFileSystem) -> VideoInfo:
     if first is None:
         raise InputError(task.uri, f"video {task.video_id!r} has no frames (empty or truncated)")
     return VideoInfo((first.height, first.width), stated or None)
+
+
+def frames_at(
+    task: VideoTask,
+    fs: AbstractFileSystem,
+    indices: Iterable[int],
+    max_side: int | None = None,
+    expected_size: Size | None = None,
+) -> dict[int, np.ndarray]:
+    """Frame index -> frame for just ``indices`` (the seed frames fine-tuning trains on), read
+    in one pass that stops at the last of them, so a propagation pass after it streams the
+    video as usual. An index past the video's end is missing from the result."""
+    wanted = set(indices)
+    if not wanted:
+        return {}
+    last = max(wanted)
+    out: dict[int, np.ndarray] = {}
+    frames = iter_frames(task, fs, max_side, expected_size)
+    try:
+        for t, frame in enumerate(frames):
+            if t in wanted:
+                out[t] = frame
+            if t >= last:
+                break
+    finally:
+        frames.close()  # stops a folder's read-ahead threads or a file's decoder now
+    return out
