@@ -12,7 +12,8 @@ state never contaminates another's. In the subprocess: build ``STM(trunk)`` with
 allocator set-up), then take the RSS baseline. The video is then driven through
 ``VideoSession.step`` (what ``stm_core.propagate`` calls per frame) so the bank's size can be read;
 frames come from a generator (a random texture drifting one pixel per frame), never from a list.
-After every frame: the step's wall time, the process RSS (psutil) and ``bank.nbytes()``.
+After every frame: the step's wall time, the process RSS (psutil), ``bank.nbytes()`` (what the
+entries hold) and ``bank.capacity_nbytes()`` (the preallocated buffers, at most about twice it).
 
 Torch runs on one thread by default: the question here is the shape of the curves (does time or
 memory grow with length?), and on a shared machine a multi-threaded step stalls whenever another
@@ -123,7 +124,7 @@ def measure(
 
     session = VideoSession(model, mem_every=mem_every, max_memory_frames=cap)
     seconds: list[float] = []
-    peak_rss, peak_bank = baseline, 0
+    peak_rss, peak_bank, peak_buffers = baseline, 0, 0
     trace, every = [], max(1, length // TRACE_POINTS)
     start_all = time.perf_counter()
     for t, frame in enumerate(synthetic_frames(length, height, width)):
@@ -133,6 +134,7 @@ def measure(
         rss = process.memory_info().rss
         bank = session.bank.nbytes()
         peak_rss, peak_bank = max(peak_rss, rss), max(peak_bank, bank)
+        peak_buffers = max(peak_buffers, session.bank.capacity_nbytes())
         if (t + 1) % every == 0 or t == length - 1:
             window = seconds[max(1, t + 1 - every) : t + 1] or seconds
             trace.append(
@@ -156,6 +158,7 @@ def measure(
         "ru_maxrss_mb": high_water / MB,
         "ru_maxrss_delta_mb": (high_water - baseline) / MB,
         "peak_bank_mb": peak_bank / MB,
+        "peak_bank_buffers_mb": peak_buffers / MB,
         "final_permanent_entries": len(session.bank.permanent_frames),
         "median_seconds_per_frame_first": median(propagated[:tail]),
         "median_seconds_per_frame_last": median(propagated[-tail:]),
@@ -308,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "policy",
         "peak RSS delta (MB)",
         "peak bank (MB)",
+        "bank buffers (MB)",
         "s/frame first",
         "s/frame last",
         "permanent entries",
@@ -318,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             r["policy"],
             f"{r['peak_rss_delta_mb']:.1f}",
             f"{r['peak_bank_mb']:.2f}",
+            f"{r['peak_bank_buffers_mb']:.2f}",
             f"{r['median_seconds_per_frame_first']:.4f}",
             f"{r['median_seconds_per_frame_last']:.4f}",
             r["final_permanent_entries"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import tempfile
 import time
@@ -28,6 +29,7 @@ from pipeline.evaluation import evaluate_root
 from stm_core import STM, load_model
 from stm_core.adaptation import Adaptation, parse_crop
 from stm_core.metrics import format_table
+from stm_core.propagation import PRECISIONS
 from stm_core.training.heldout import evaluation_videos, heldout_videos, save_as_davis
 from stm_core.training.synthetic_video import SyntheticVideo
 
@@ -59,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--adapt-crop", default="frame", help="adaptation clip size: 'frame' or HxW"
     )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32", help="autocast mode of propagation"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_eval.json"))
     args = parser.parse_args(argv)
     if args.threads:
@@ -74,41 +79,49 @@ def main(argv: list[str] | None = None) -> int:
         **checkpoint_identity(args.checkpoint),
         "trunk": model.spec.name,
         "adaptation": dataclasses.asdict(adaptation) if adaptation.enabled else None,
+        "precision": args.precision,
     }
     start = time.monotonic()
+    score = functools.partial(_score_videos, model, adaptation=adaptation, precision=args.precision)
     if args.heldout:
         videos = heldout_videos(args.heldout, args.frames, seed_base=HELDOUT_SEED_BASE)
-        result["heldout_synthetic"] = _score_videos(model, videos, adaptation, "held-out synthetic")
+        result["heldout_synthetic"] = score(videos, title="held-out synthetic")
     if args.seen_photos:
         videos = evaluation_videos(
             args.seen_photos, args.frames, seed_base=SEEN_SEED_BASE, split="train"
         )
         title = "synthetic videos of the training photos"
-        result["seen_photos_synthetic"] = _score_videos(model, videos, adaptation, title)
+        result["seen_photos_synthetic"] = score(videos, title=title)
     if not args.skip_real and args.real.is_dir():
-        result["real"] = _score_root(model, args.real, adaptation, "real clips")
+        result["real"] = _score_root(model, args.real, adaptation, "real clips", args.precision)
     result["seconds"] = time.monotonic() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
-def _score_root(model: STM, root: Path, adaptation: Adaptation, title: str) -> dict:
+def _score_root(
+    model: STM, root: Path, adaptation: Adaptation, title: str, precision: str = "fp32"
+) -> dict:
     """J&F of every video under a DAVIS-layout ``root``, printed as a table under ``title``."""
-    scores = evaluate_root(model, root, adaptation=adaptation)
+    scores = evaluate_root(model, root, adaptation=adaptation, precision=precision)
     print(f"\n{title} (J, F, J&F in %)")
     print(format_table(scores))
     return scores
 
 
 def _score_videos(
-    model: STM, videos: list[SyntheticVideo], adaptation: Adaptation, title: str
+    model: STM,
+    videos: list[SyntheticVideo],
+    adaptation: Adaptation,
+    title: str,
+    precision: str = "fp32",
 ) -> dict:
     """Generated videos are scored through the same DAVIS-layout files as the real clips (JPEG
     frames, PNG masks), so both sets go through the same reading code."""
     with tempfile.TemporaryDirectory() as tmp:
         save_as_davis(videos, tmp)
-        return _score_root(model, Path(tmp), adaptation, title)
+        return _score_root(model, Path(tmp), adaptation, title, precision)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from stm_core.errors import STMLabelError
+from stm_core.errors import InputError, STMLabelError
+
+if TYPE_CHECKING:
+    from pipeline.run_reader import LabelRun
+    from schemas.common import StorageOptions
 
 log = logging.getLogger("stm_label")
 
@@ -45,6 +50,72 @@ def _default_checkpoint() -> str:
     return str(path)
 
 
+def add_storage_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags :func:`storage_options` reads, for a command that reaches a store."""
+    group = parser.add_argument_group(
+        "object storage",
+        "the settings of a job's storage block (docs/usage.md#object-storage); "
+        "what they leave out comes from the environment",
+    )
+    group.add_argument(
+        "--storage-endpoint",
+        metavar="URL",
+        help="S3-compatible endpoint, e.g. http://127.0.0.1:9000 (storage.endpoint_url)",
+    )
+    group.add_argument("--storage-region", metavar="NAME", help="storage.region")
+    group.add_argument(
+        "--storage-anon", action="store_true", help="anonymous access to a public bucket"
+    )
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a job's YAML/JSON config: its storage block, credentials included (the flags "
+        "above override its keys)",
+    )
+
+
+def storage_options(args: argparse.Namespace) -> StorageOptions:
+    """The one rule for a command's store settings: the ``storage`` block of ``--config``, with
+    each key a ``--storage-*`` flag gives replaced by the flag; what neither gives comes from the
+    environment through s3fs's and gcsfs's own chains (``AWS_*``, ``AWS_ENDPOINT_URL_S3``,
+    ``GOOGLE_APPLICATION_CREDENTIALS``, ...). A bad block is one line naming the key."""
+    from schemas.common import ConfigError, StorageOptions, load_config, load_settings
+
+    settings: dict = {}
+    if args.config:
+        try:
+            block = load_settings(args.config).get("storage") or {}
+        except (ValueError, FileNotFoundError) as exc:
+            raise InputError(None, f"--config {exc}") from None
+        if not isinstance(block, dict):
+            raise InputError(args.config, "storage: expected a mapping of settings")
+        settings.update(block)
+    flags = {
+        "endpoint_url": args.storage_endpoint,
+        "region": args.storage_region,
+        "anon": True if args.storage_anon else None,
+    }
+    settings.update({key: value for key, value in flags.items() if value is not None})
+    try:
+        return load_config(StorageOptions, None, base=settings)
+    except ConfigError as exc:  # names the key, never a value
+        raise InputError(args.config or "--storage-*", f"storage: {exc}") from None
+
+
+def _open_run(args: argparse.Namespace, out_folder: str | None) -> LabelRun:
+    """``--run`` opened with the command's storage settings, after the preflight: the run's store
+    answers (a run that is not there is left to ``open_run``'s own message) and the local
+    ``out_folder`` takes a create-and-delete probe."""
+    from pipeline.preflight import check_readable, check_writable
+    from pipeline.run_reader import open_run
+
+    options = storage_options(args)
+    check_readable("--run", args.run, options, missing_ok=True)
+    if out_folder is not None:
+        check_writable("--out", out_folder)
+    return open_run(args.run, options, allow_incomplete=args.allow_incomplete)
+
+
 def cmd_propagate(args: argparse.Namespace) -> int:
     from pipeline.folder_tasks import propagate_folder
     from stm_core import load_model
@@ -63,17 +134,20 @@ def cmd_propagate(args: argparse.Namespace) -> int:
         resize_seeds=args.resize_seeds,
         progress=ProgressLine(Path(args.frames).name),
         adaptation=adaptation,
+        precision=args.precision,
     )
     print(f"wrote {n} masks to {args.out}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.folder_tasks import evaluate_folders
-    from stm_core.metrics import format_table
+    from pipeline.folder_tasks import evaluate_folders, format_evaluation
 
-    summary = evaluate_folders(args.pred, args.gt)
-    print(format_table(summary))
+    sequences = None  # --sequences a,b --sequences c: a, b and c
+    if args.sequences:
+        sequences = [name for text in args.sequences for name in text.split(",") if name]
+    summary = evaluate_folders(args.pred, args.gt, sequences, strict=args.strict)
+    print(format_evaluation(summary))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
@@ -108,6 +182,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"stm-label train: bad config: {exc}", file=sys.stderr)
         return 2
+    from pipeline.preflight import check_training
+
+    check_training(config)  # every store answers before training (and Ray) starts; else exit 2
     if args.local:
         from pipeline.training.local import train_local
 
@@ -136,10 +213,17 @@ def cmd_correct(args: argparse.Namespace) -> int:
     import getpass
 
     from pipeline.engine.corrections import add_correction
+    from pipeline.engine.layout import EngineLayout
+    from pipeline.preflight import check_readable, check_writable
+    from pipeline.run_reader import parse_run_uri
 
     mask = Path(args.mask)
     if not mask.is_file():
         raise STMLabelError(f"{mask}: mask file not found")
+    options = storage_options(args)
+    check_readable("--run", args.run, options, missing_ok=True)
+    corrections = EngineLayout(parse_run_uri(args.run).output_uri).corrections_dir
+    check_writable("corrections of --run", corrections, options)
     uri, rows = add_correction(
         args.run,
         args.video,
@@ -148,6 +232,7 @@ def cmd_correct(args: argparse.Namespace) -> int:
         str(mask),
         args.author or getpass.getuser(),
         args.object,
+        options,
     )
     if uri is None:
         print(f"the same correction is stored already (video {args.video}, frame {args.frame})")
@@ -161,25 +246,36 @@ def cmd_correct(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     from pipeline.engine.history import history_command
+    from pipeline.preflight import check_readable, check_writable
 
-    print(history_command(args.store, args.plot, None, as_json=args.json))
+    options = storage_options(args)
+    check_readable("--store", args.store, options, missing_ok=True)  # none yet: no history
+    if args.plot:
+        check_writable("--plot", str(Path(args.plot).parent))
+    print(history_command(args.store, args.plot, options, as_json=args.json))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pipeline.export import export_run
-    from pipeline.run_reader import open_run
+    from pipeline.export import DAVIS_FRAME_DIGITS, export_run
 
-    run = open_run(args.run, allow_incomplete=args.allow_incomplete)
-    print(export_run(run, args.format, args.out, video_ids=args.video))
+    run = _open_run(args, args.out)
+    summary = export_run(
+        run,
+        args.format,
+        args.out,
+        video_ids=args.video,
+        frame_digits=args.frame_digits or DAVIS_FRAME_DIGITS,
+        with_frames=args.with_frames,
+    )
+    print(summary)
     return 0
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
     from pipeline.preview import render_preview
-    from pipeline.run_reader import open_run
 
-    run = open_run(args.run, allow_incomplete=args.allow_incomplete)
+    run = _open_run(args, str(Path(args.out).parent))
     print(render_preview(run, args.video, args.out, fps=args.fps))
     return 0
 
@@ -214,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: auto")
     p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="autocast of the network (fp16: CUDA only; bf16 is emulated on AVX2-only CPUs)",
+    )
+    p.add_argument(
         "--resize-seeds", action="store_true", help="resize seeds of the wrong size (nearest)"
     )
     p.add_argument(
@@ -240,6 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pred", required=True, help="root with one folder of PNGs per sequence")
     e.add_argument("--gt", required=True, help="root with one folder of PNGs per sequence")
     e.add_argument("--json", help="also write the scores as JSON here")
+    e.add_argument(
+        "--sequences",
+        action="append",
+        metavar="A,B",
+        help="score only these ground-truth sequences (comma-separated; default: every one)",
+    )
+    e.add_argument(
+        "--strict",
+        action="store_true",
+        help="a ground-truth sequence without predictions is an error, not 'not predicted'",
+    )
     e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="label generated clips with the shipped model and score them")
@@ -278,6 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="output folder")
     x.add_argument("--video", nargs="+", action="extend", help="only these video ids")
     x.add_argument("--allow-incomplete", action="store_true", help=incomplete_help)
+    x.add_argument(
+        "--frame-digits",
+        type=_positive,
+        help="digits of a video file's frame names (default 5, as DAVIS: 00000.png); frames "
+        "of a frame folder keep their own names",
+    )
+    x.add_argument(
+        "--with-frames",
+        action="store_true",
+        help="coco: also write the frames as JPEGs (read from the run's corpus) beside the JSON",
+    )
+    add_storage_flags(x)
     x.set_defaults(func=cmd_export)
 
     v = sub.add_parser("preview", help="one video of a run with its masks overlaid, as GIF/MP4")
@@ -286,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True, help="FILE.gif or FILE.mp4 (+ FILE_sheet.png)")
     v.add_argument("--fps", type=float, default=10.0, help="frames per second (default: 10)")
     v.add_argument("--allow-incomplete", action="store_true", help=incomplete_help)
+    add_storage_flags(v)
     v.set_defaults(func=cmd_preview)
 
     c = sub.add_parser("correct", help="store a human correction of a labeled frame")
@@ -299,12 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--object", type=_positive, help="correct only this object id")
     c.add_argument("--author", help="who made it (default: the login name)")
+    add_storage_flags(c)
     c.set_defaults(func=cmd_correct)
 
     h = sub.add_parser("history", help="nightly runs and checkpoints of a store, with metrics")
     h.add_argument("--store", required=True, help="the nightly store_uri")
     h.add_argument("--plot", help="also write a PNG of J&F per checkpoint over time here")
     h.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_storage_flags(h)
     h.set_defaults(func=cmd_history)
     return parser
 

@@ -3,8 +3,9 @@
 Labels what is new or changed with the promoted checkpoint, selects training data, fine-tunes on
 Ray Train, gates the candidate on held-out J&F and promotes it only if it is better. Submitting
 the same ``run_id`` again resumes a run that died and is a no-op for a finished one.
-Exit code 0 when the run succeeded (promoted or not), 1 when it failed, 2 for a bad config, 3
-when another nightly run holds the store's lock.
+Exit code 0 when the run succeeded (promoted or not), 1 when it failed, 2 for a bad config or a
+store that does not answer (checked before Ray starts: ``pipeline.preflight``), 3 when another
+nightly run holds the store's lock.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pipeline.engine.lock import LockHeldError
     from pipeline.engine.nightly import run_nightly
+    from pipeline.preflight import PreflightError, check_nightly
     from pipeline.progress import print_progress
     from pipeline.ray_connect import connect
     from schemas.common import load_config
@@ -43,6 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(NightlyConfig, args.config, args.set or [])
     except (ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
         print(f"nightly: bad config: {exc}", file=sys.stderr)
+        return 2
+    try:
+        check_nightly(config)  # every store answers, in seconds, before Ray starts
+    except PreflightError as exc:
+        print(f"nightly: {exc}", file=sys.stderr)
         return 2
     connect(args.address)
     try:

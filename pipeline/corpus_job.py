@@ -38,14 +38,17 @@ from . import ledger, table_io
 from .corpus import RleSeed, discover, fingerprint
 from .label_actor import LabelWorker, ProgressTracker
 from .label_shard import LabelSettings, ShardSummary, error_row
+from .preflight import describe_cause
+from .progress import MAX_ERROR_ROWS, describe_discovery
 
 log = logging.getLogger(__name__)
 
 ACTOR_RESTARTS = 3  # per actor: a killed process or a lost node
 SHARD_RETRIES = 3  # per shard call, on a restarted actor
 DISCOVERY_ERRORS_FILE = "discovery.parquet"
+POLL_SECONDS = 1.0  # how often the driver reads the progress tracker while shards run
 
-Progress = Callable[[dict[str, Any]], None]
+Progress = Callable[[dict[str, Any]], None]  # a snapshot: see pipeline.progress
 # Video id -> the human corrections to apply as seeds on their frames. Called once, after the
 # run's plan is saved (see _with_corrections), so the corrections are read as late as possible.
 Corrections = Callable[[], Mapping[str, tuple[RleSeed, ...]]]
@@ -57,6 +60,14 @@ class JobConfigError(STMLabelError):
 
 @dataclass
 class RunSummary:
+    """What a run did; also its run record (with the config). ``videos``, ``frames``,
+    ``masks`` and ``errors`` count the run's tables (earlier attempts included); the
+    ``videos_*`` counts split the videos by what this attempt did with them: labeled, failed
+    (an errors row, discovery's included), or skipped because an earlier attempt had finished
+    their shard. ``frames_per_second``: frames labeled by this attempt over its wall time.
+    ``error_rows``: the first ``MAX_ERROR_ROWS`` rows of the errors table (video_id, stage,
+    error_type, message), by video."""
+
     run_id: str
     status: str
     output_uri: str
@@ -70,6 +81,11 @@ class RunSummary:
     wall_seconds: float = 0.0
     frames_per_second: float = 0.0
     workers: list[dict[str, object]] = field(default_factory=list)
+    videos_labeled: int = 0
+    videos_failed: int = 0
+    videos_skipped: int = 0
+    frames_labeled: int = 0
+    error_rows: list[dict[str, str | None]] = field(default_factory=list)
 
 
 def read_checkpoint(uri: str, options: StorageOptions) -> tuple[bytes, str]:
@@ -77,8 +93,9 @@ def read_checkpoint(uri: str, options: StorageOptions) -> tuple[bytes, str]:
     a wrong file fails the run before any worker starts."""
     try:
         data = table_io.read_bytes(uri, options)
-    except (OSError, ValueError) as exc:
-        raise JobConfigError(f"{uri}: cannot read the checkpoint ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to read it is the run's one-line error
+        cause = describe_cause(exc, uri, options)
+        raise JobConfigError(f"{uri}: cannot read the checkpoint: {cause}") from None
     import io
 
     buffer = io.BytesIO(data)
@@ -153,6 +170,7 @@ def run_label_job(
         return RunSummary(**{k: record[k] for k in asdict(summary) if k in record})
 
     found = discover(config.corpus_uri, config.storage, config.seeds_uri, config.seeds_format)
+    log.info("run %s: %s", config.run_id, describe_discovery(found.tasks, found.errors))
     if not found.tasks and any(e.video_id is None for e in found.errors):
         return _fail_unreadable(config, summary, found.errors, start)
     tasks = _select_tasks(config, found.tasks)
@@ -173,6 +191,7 @@ def run_label_job(
         max_memory_frames=config.max_memory_frames,
         max_frame_side=config.max_frame_side,
         adaptation=Adaptation(**config.adaptation.model_dump()),
+        precision=config.precision,
     )
     _write_discovery_errors(config, settings, found.errors)
     done = ledger.finished_shards(config.output_uri, config.run_id, config.storage)
@@ -185,12 +204,39 @@ def run_label_job(
         )
 
     if todo:
+        totals = progress_totals(len(plan.shards), todo, tasks, len(found.errors))
         summary.workers = _label_on_actors(
-            config, checkpoint_bytes, settings, todo, tasks, progress
+            config, checkpoint_bytes, settings, todo, tasks, progress, totals
         )
     summary.wall_seconds = time.monotonic() - start
-    _finish(config, summary, len(found.errors))
+    skipped = {v for s in plan.shards if s.name in done for v in s.video_ids}
+    _finish(config, summary, len(found.errors), skipped)
     return summary
+
+
+def progress_totals(shards: int, todo: list, tasks: dict, discovery_errors: int) -> dict[str, int]:
+    """What the progress tracker starts from: all ``shards`` of the plan, those not ``todo``
+    already finished; the videos of the shards to do, the frames known of them (frame
+    folders) and how many are video files, whose frames are counted once opened."""
+    todo_tasks = [tasks[v] for s in todo for v in s.video_ids]
+    return {
+        "shards": shards - len(todo),
+        "shards_total": shards,
+        "videos_total": len(todo_tasks),
+        "frames_total": sum(t.num_frames or 0 for t in todo_tasks),
+        "videos_unprobed": sum(t.num_frames is None for t in todo_tasks),
+        "errors": discovery_errors,
+    }
+
+
+def committed_shards(config: LabelJobConfig) -> tuple[int, int | None]:
+    """(shards finished, shards planned) of the run so far; None planned before its plan is
+    saved. For the line an interrupted run leaves."""
+    plan = ledger.load_plan(config.output_uri, config.run_id, config.storage)
+    if plan is None:
+        return 0, None
+    done = ledger.finished_shards(config.output_uri, config.run_id, config.storage)
+    return len(done & {s.name for s in plan.shards}), len(plan.shards)
 
 
 def _fail_unreadable(
@@ -206,6 +252,18 @@ def _fail_unreadable(
     )
     _write_discovery_errors(config, settings, errors)
     summary.status, summary.errors = "failed", len(errors)
+    summary.videos_failed = len({e.video_id for e in errors if e.video_id is not None})
+    summary.error_rows = _error_rows(
+        [
+            {
+                "video_id": e.video_id,
+                "stage": e.stage,
+                "error_type": e.error_type,
+                "message": e.message,
+            }
+            for e in errors
+        ]
+    )
     summary.wall_seconds = time.monotonic() - start
     reasons = "; ".join(e.message for e in errors if e.video_id is None)
     _write_record(config, summary, len(errors), failure=f"nothing to label: {reasons}")
@@ -250,10 +308,11 @@ def _label_on_actors(
     todo: list,
     tasks: dict,
     progress: Progress | None,
+    totals: dict[str, int],
 ) -> list[dict[str, object]]:
     count, options = worker_resources(config)
     count = min(count, len(todo))
-    tracker = ray.remote(ProgressTracker).options(num_cpus=0).remote()
+    tracker = ray.remote(ProgressTracker).options(num_cpus=0).remote(totals)
     actor_class = ray.remote(LabelWorker).options(
         max_restarts=ACTOR_RESTARTS, max_task_retries=SHARD_RETRIES, **options
     )
@@ -278,7 +337,7 @@ def _label_on_actors(
         started = time.monotonic()
         while pool.has_next():
             with contextlib.suppress(TimeoutError):  # a timeout only means: report progress
-                done: ShardSummary = pool.get_next_unordered(timeout=5.0)
+                done: ShardSummary = pool.get_next_unordered(timeout=POLL_SECONDS)
                 log.info(
                     "%s: %d videos, %d frames, %d errors",
                     done.shard,
@@ -287,15 +346,27 @@ def _label_on_actors(
                     done.errors,
                 )
             if progress is not None:
-                snap = ray.get(tracker.snapshot.remote())
-                snap["shards_total"] = len(todo)
-                snap["frames_per_second"] = snap["frames"] / max(time.monotonic() - started, 1e-9)
-                progress(snap)
+                progress(_snapshot(tracker, started, finished=not pool.has_next()))
     finally:
         for actor in actors:
             ray.kill(actor)
         ray.kill(tracker)
     return placements
+
+
+def _snapshot(tracker: ray.actor.ActorHandle, started: float, finished: bool) -> dict[str, Any]:
+    """The tracker's counts plus the time since the actors were ready and the frame rate."""
+    snap = ray.get(tracker.snapshot.remote())
+    snap["elapsed_seconds"] = elapsed = time.monotonic() - started
+    snap["frames_per_second"] = snap["frames"] / max(elapsed, 1e-9)
+    snap["finished"] = finished
+    return snap
+
+
+def _error_rows(rows: list[dict[str, str | None]]) -> list[dict[str, str | None]]:
+    """The first ``MAX_ERROR_ROWS`` errors rows by video (rows of no one video first)."""
+    rows = sorted(rows, key=lambda r: (r["video_id"] or "", r["stage"] or "", r["message"] or ""))
+    return rows[:MAX_ERROR_ROWS]
 
 
 def _write_discovery_errors(config: LabelJobConfig, settings: LabelSettings, errors) -> None:
@@ -317,16 +388,28 @@ def _read_folder(folder: str, config: LabelJobConfig, columns: list[str]) -> pa.
     )
 
 
-def _finish(config: LabelJobConfig, summary: RunSummary, discovery_errors: int) -> None:
-    """Count what the tables hold, write the run record, then the success marker."""
+def _finish(
+    config: LabelJobConfig, summary: RunSummary, discovery_errors: int, skipped: set[str]
+) -> None:
+    """Count what the tables hold, write the run record, then the success marker. ``skipped``:
+    the videos of shards an earlier attempt had finished."""
     layout = ledger.RunLayout(config.output_uri, config.run_id)
     masks = _read_folder(layout.masks_dir, config, ["video_id", "frame_index"])
-    errors = _read_folder(layout.errors_dir, config, ["video_id"])
+    columns = ["video_id", "stage", "error_type", "message"]
+    errors = _read_folder(layout.errors_dir, config, columns)
     summary.masks = masks.num_rows
     summary.errors = errors.num_rows
-    summary.frames = masks.group_by(["video_id", "frame_index"]).aggregate([]).num_rows
-    summary.videos = len(set(masks.column("video_id").to_pylist()))
-    summary.frames_per_second = summary.frames / max(summary.wall_seconds, 1e-9)
+    frames = masks.group_by(["video_id", "frame_index"]).aggregate([])
+    summary.frames = frames.num_rows
+    labeled = set(masks.column("video_id").to_pylist())
+    summary.videos = len(labeled)
+    failed = {v for v in errors.column("video_id").to_pylist() if v is not None}
+    summary.videos_labeled = len(labeled - skipped)
+    summary.videos_failed = len(failed - skipped)
+    summary.videos_skipped = len(skipped)
+    summary.frames_labeled = sum(v not in skipped for v in frames.column("video_id").to_pylist())
+    summary.frames_per_second = summary.frames_labeled / max(summary.wall_seconds, 1e-9)
+    summary.error_rows = _error_rows(errors.select(columns).to_pylist())
     summary.status = "succeeded"
     _write_record(config, summary, discovery_errors)
     ledger.mark_success(config.output_uri, config.run_id, config.storage)

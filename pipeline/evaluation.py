@@ -18,6 +18,7 @@ from stm_core.errors import InputError
 from stm_core.evaluation import NOTHING_TO_SCORE, NothingToScoreError, evaluate_video
 from stm_core.metrics import SequenceScores, summarize
 from stm_core.model.network import STM
+from stm_core.propagation import Precision
 
 from .corpus import VideoTask, discover_dataset, frames_at, iter_frames, probe, read_seeds
 
@@ -36,6 +37,7 @@ def evaluate_task(
     max_memory_frames: int | None = None,
     adaptation: Adaptation | None = None,
     resize_mismatched: bool = True,
+    precision: Precision = "fp32",
 ) -> SequenceScores:
     """Propagate one video from its first-appearance seeds and score its annotated frames.
 
@@ -52,6 +54,7 @@ def evaluate_task(
         max_memory_frames,
         adaptation,
         frames_at=lambda indices: frames_at(task, fs, indices, expected_size=info.size),
+        precision=precision,
     )
 
 
@@ -63,6 +66,7 @@ def evaluate_root(
     adaptation: Adaptation | None = None,
     resolution: str = "480p",
     storage_options: StorageOptions | None = None,
+    precision: Precision = "fp32",
 ) -> dict[str, Any]:
     """J&F of every scorable video under a DAVIS / YouTube-VOS ``root`` (``summarize``'s
     result), plus ``unscored``: the videos with fewer than 3 annotated frames (the first and
@@ -89,7 +93,7 @@ def evaluate_root(
             continue
         try:
             scores[task.video_id] = evaluate_task(
-                model, task, fs, mem_every, max_memory_frames, adaptation
+                model, task, fs, mem_every, max_memory_frames, adaptation, precision=precision
             )
         except NothingToScoreError:
             unscored[task.video_id] = NOTHING_TO_SCORE

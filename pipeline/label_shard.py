@@ -6,6 +6,10 @@ only if the whole video succeeded; any failure becomes one errors-table row (vid
 type, message) and the shard goes on. The shard's two files are written once, whole, under
 deterministic names (``pipeline.ledger.write_shard``), so redoing a shard after a crash rewrites
 identical files and never duplicates a row.
+
+While it works it tells a :class:`ShardEvents` what it does (videos begun and finished, frame
+counts once known, adaptation steps, frames labeled), which the Ray actor forwards to the run's
+progress tracker; the default ignores it all.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from schemas.tables import ERRORS, MASKS, ErrorRow, MaskRow
 from stm_core import STM, propagate
 from stm_core.adaptation import Adaptation, adapt_to_seeds
 from stm_core.errors import STMLabelError
+from stm_core.propagation import Precision
 
 from . import ledger
 from .corpus import (
@@ -41,7 +46,39 @@ from .storage import open_fs
 
 log = logging.getLogger(__name__)
 
-FramesDone = Callable[[int], None]  # called with a number of frames just labeled
+
+class ShardEvents:
+    """What :func:`label_shard` reports while it works, for a progress display. Every method
+    does nothing here; a subclass overrides what it shows.
+
+    Order: ``shard_started``; then per video ``video_started``, ``video_probed`` (its frame
+    count, once the video is opened), ``adapt_step`` (each fine-tuning step, when adaptation is
+    on), ``frames_done`` (each frame labeled) and ``video_finished``; ``shard_finished`` last.
+    A shard that an earlier attempt had already written gets ``shard_finished`` only, with
+    ``skipped=True``. A video that fails stops its sequence early and finishes with
+    ``failed=True``.
+    """
+
+    def shard_started(self, shard: str) -> None:
+        pass
+
+    def video_started(self, task: VideoTask) -> None:
+        pass
+
+    def video_probed(self, task: VideoTask, num_frames: int) -> None:
+        pass  # not called for a video file whose container states no frame count
+
+    def adapt_step(self, task: VideoTask, step: int, steps: int) -> None:
+        pass
+
+    def frames_done(self, task: VideoTask, n: int) -> None:
+        pass
+
+    def video_finished(self, task: VideoTask, failed: bool) -> None:
+        pass
+
+    def shard_finished(self, shard: str, tasks: Sequence[VideoTask], skipped: bool) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -55,6 +92,7 @@ class LabelSettings:
     max_memory_frames: int | None = 20
     max_frame_side: int | None = None
     adaptation: Adaptation = Adaptation(steps=0)
+    precision: Precision = "fp32"
 
 
 @dataclass(frozen=True)
@@ -83,19 +121,24 @@ def label_shard(
     settings: LabelSettings,
     output_uri: str,
     options: StorageOptions,
-    on_frames: FramesDone | None = None,
+    events: ShardEvents | None = None,
 ) -> ShardSummary:
-    """Label ``tasks`` and write shard ``shard`` of run ``settings.run_id``."""
+    """Label ``tasks`` and write shard ``shard`` of run ``settings.run_id``, telling ``events``
+    how it goes."""
     start = time.monotonic()
+    events = events or ShardEvents()
     if shard in ledger.finished_shards(output_uri, settings.run_id, options):
         log.info("run %s %s: already finished, skipped", settings.run_id, shard)
+        events.shard_finished(shard, tasks, skipped=True)
         return ShardSummary(shard, 0, 0, 0, 0, 0.0, skipped=True)
+    events.shard_started(shard)
     rows: list[MaskRow] = []
     errors: list[ErrorRow] = []
     frames = 0
     for task in tasks:
+        events.video_started(task)
         try:
-            video_rows, n = label_video(model, task, settings, options, on_frames)
+            video_rows, n = label_video(model, task, settings, options, events)
         except _StageError as failure:
             errors.append(
                 error_row(
@@ -107,12 +150,15 @@ def label_shard(
                 )
             )
             log.warning("video %s failed at %s: %s", task.video_id, failure.stage, failure)
+            events.video_finished(task, failed=True)
             continue
+        events.video_finished(task, failed=False)
         rows.extend(video_rows)
         frames += n
     masks = MASKS.table(rows)
     errors_table = ERRORS.table(errors)
     ledger.write_shard(output_uri, settings.run_id, shard, masks, errors_table, options)
+    events.shard_finished(shard, tasks, skipped=False)
     return ShardSummary(
         shard, len(tasks), frames, masks.num_rows, len(errors), time.monotonic() - start
     )
@@ -123,11 +169,14 @@ def label_video(
     task: VideoTask,
     settings: LabelSettings,
     options: StorageOptions,
-    on_frames: FramesDone | None = None,
+    events: ShardEvents | None = None,
 ) -> tuple[list[MaskRow], int]:
     """All mask rows of one video, and its frame count."""
+    events = events or ShardEvents()
     fs, _ = open_fs(task.uri, options)
     info = _staged("read", lambda: probe(task, fs))
+    if info.num_frames is not None:  # a video file that states no count: known at its end
+        events.video_probed(task, info.num_frames)
     scale = FrameScale.for_size(info.size, settings.max_frame_side)
     seeds = _staged("seed", lambda: read_seeds(task, fs, info.size, info.num_frames))
     if task.corrections:
@@ -145,15 +194,24 @@ def label_video(
     all_ids = sorted({int(i) for m in seeds.values() for i in np.unique(m) if i})
     complete = complete_correction_frames(task.corrections, all_ids)
     if settings.adaptation.enabled:
-        model = _adapted(model, task, fs, settings, info.size, seeds)
+        model = _adapted(
+            model, task, fs, settings, info.size, seeds, lambda s, n: events.adapt_step(task, s, n)
+        )
     frames = _tagged("decode", iter_frames(task, fs, settings.max_frame_side, info.size))
     rows: list[MaskRow] = []
     height, width = info.size
     n = 0
     try:
-        for out in propagate(
-            model, frames, seeds, settings.mem_every, settings.max_memory_frames, complete
-        ):
+        outputs = propagate(
+            model,
+            frames,
+            seeds,
+            settings.mem_every,
+            settings.max_memory_frames,
+            complete,
+            precision=settings.precision,
+        )
+        for out in outputs:
             is_seed = out.frame_index in seeds
             seed_ids = set(np.unique(seeds[out.frame_index]).tolist()) - {0} if is_seed else set()
             labels = out.labels
@@ -185,8 +243,7 @@ def label_video(
                     )
                 )
             n += 1
-            if on_frames is not None:
-                on_frames(1)
+            events.frames_done(task, 1)
     except STMLabelError as exc:  # a _StageError from the frames passes through untouched
         raise _StageError("label", exc) from None
     return rows, n
@@ -199,10 +256,11 @@ def _adapted(
     settings: LabelSettings,
     size: tuple[int, int],
     seeds: dict[int, np.ndarray],
+    on_step: Callable[[int, int], None],
 ) -> STM:
-    """A copy of ``model`` fine-tuned on this video's seed frames. The frames are read in a
-    first pass that stops at the last seed frame, so the propagation pass after it streams the
-    video as usual."""
+    """A copy of ``model`` fine-tuned on this video's seed frames (``on_step(step, steps)``
+    after each step). The frames are read in a first pass that stops at the last seed frame, so
+    the propagation pass after it streams the video as usual."""
     wanted, last = set(seeds), max(seeds)
     seed_frames: dict[int, np.ndarray] = {}
     decoded = iter_frames(task, fs, settings.max_frame_side, size)
@@ -216,7 +274,9 @@ def _adapted(
         close = getattr(decoded, "close", None)
         if close is not None:
             close()  # stops a folder's read-ahead threads or a file's decoder now
-    return _staged("label", lambda: adapt_to_seeds(model, seed_frames, seeds, settings.adaptation))
+    return _staged(
+        "label", lambda: adapt_to_seeds(model, seed_frames, seeds, settings.adaptation, on_step)
+    )
 
 
 def _scores(probs: np.ndarray, labels: np.ndarray, object_ids: tuple[int, ...]) -> dict[int, float]:

@@ -2,8 +2,9 @@
 plus a contact sheet PNG of about a dozen frames for a glance (or a bug report).
 
 Frames come from the corpus the run labelled, found through the run record's config
-(``corpus_uri``, seeds, storage) with :func:`pipeline.corpus.discover` and read with
-:func:`pipeline.corpus.iter_frames` at their native size, the size masks are stored at.
+(``corpus_uri``, seeds; the store settings of :meth:`LabelRun.corpus_options`) with
+:func:`pipeline.corpus.discover` and read with :func:`pipeline.corpus.iter_frames` at their
+native size, the size masks are stored at.
 The corpus must still hold the video as it was: frames of another size are refused.
 
 Overlay (:func:`overlay`): each object's pixels are blended with its DAVIS palette colour
@@ -38,7 +39,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from schemas.common import StorageOptions
 from stm_core.errors import InputError
 from stm_core.io import DAVIS_PALETTE
 
@@ -218,7 +218,7 @@ def corpus_frames(run: LabelRun, video_id: str) -> tuple[Iterator[np.ndarray], i
     corpus_uri = config.get("corpus_uri")
     if not corpus_uri:
         raise InputError(run.layout.record_uri, "run config has no corpus_uri")
-    options = StorageOptions.model_validate(config.get("storage") or {})
+    options = run.corpus_options()
     seeds_format = config.get("seeds_format") or "auto"
     found = discover(
         corpus_uri,

@@ -234,6 +234,14 @@ class LabelRun:
             raise InputError(self.layout.record_uri, "run record has no 'config' section")
         return config
 
+    def corpus_options(self) -> StorageOptions:
+        """How to read the run's corpus: the store settings the run was opened with (a
+        command's ``--storage-*`` flags or ``--config``), and for each key they leave unset the
+        run record's ``storage`` (which holds no credentials)."""
+        recorded = StorageOptions.model_validate(self.config.get("storage") or {})
+        given = {key: getattr(self.options, key) for key in self.options.model_fields_set}
+        return recorded.model_copy(update=given)
+
     def shard_files(self) -> list[str]:
         """URIs of the finished shards' masks files, sorted."""
         files = table_io.list_files(self.layout.masks_dir, self.options, suffix=".parquet")

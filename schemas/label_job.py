@@ -69,6 +69,11 @@ class LabelJobConfig(StrictModel):
     max_frame_side: int | None = Field(None, ge=32, description="downscale larger frames")
     mem_every: int = Field(5, ge=1)
     max_memory_frames: int | None = Field(20, ge=1, description="None = unbounded (release)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="autocast of the network: fp32 (release arithmetic), bf16 (CUDA or a CPU "
+        "with native bf16), fp16 (CUDA only); masks and probabilities are float32 either way",
+    )
     videos_per_shard: int = Field(4, ge=1)
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
     storage: StorageOptions = Field(default_factory=StorageOptions)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +97,7 @@ def adapt_to_seeds(
     seed_frames: Mapping[int, np.ndarray],
     seeds: Mapping[int, np.ndarray],
     adaptation: Adaptation,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> STM:
     """A copy of ``model`` fine-tuned on clips made from the seed frames, in eval mode.
 
@@ -150,12 +151,14 @@ def adapt_to_seeds(
     )
     rng = np.random.default_rng(adaptation.seed)
     with torch.enable_grad():
-        for _ in range(adaptation.steps):
+        for step in range(1, adaptation.steps + 1):
             items = [
                 _clip_item(pairs, rng, adaptation.lucid_prob, crop, max_objects)
                 for _ in range(adaptation.batch_size)
             ]
             trainer.train_step(collate_clips(items, max_objects))
+            if on_step is not None:
+                on_step(step, adaptation.steps)
     logger.debug("adapted for %d steps, last loss %.4f", adaptation.steps, trainer.history[-1][1])
     for p in tuned.parameters():
         p.requires_grad_(False)

@@ -17,7 +17,7 @@ from .adaptation import Adaptation, adapt_to_seeds
 from .errors import InputError
 from .metrics import SequenceScores, evaluate_sequence
 from .model.network import STM
-from .propagation import propagate
+from .propagation import Precision, propagate
 
 
 def first_appearance_seeds(annotations: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
@@ -85,6 +85,7 @@ def evaluate_video(
     max_memory_frames: int | None = None,
     adaptation: Adaptation | None = None,
     frames_at: Callable[[Iterable[int]], Mapping[int, np.ndarray]] | None = None,
+    precision: Precision = "fp32",
 ) -> SequenceScores:
     """Propagate a video from the first-appearance seeds of its ``annotations`` (frame index ->
     label map) and score its annotated frames.
@@ -92,7 +93,7 @@ def evaluate_video(
     ``frames`` streams the video (it is not consumed when the annotations hold nothing to
     score: :class:`NothingToScoreError` is raised first). With ``adaptation``, a copy of the
     model is first fine-tuned on the seed frames, which ``frames_at`` reads (only the seeds:
-    the masks being scored never reach it)."""
+    the masks being scored never reach it). ``precision``: see :mod:`stm_core.propagation`."""
     annotated = sorted(annotations)
     plan = scored_frames([annotations[t] for t in annotated])
     if len(annotated) >= 3 and not plan:
@@ -103,7 +104,7 @@ def evaluate_video(
             raise ValueError("fine-tuning needs frames_at to read the seed frames")
         model = adapt_to_seeds(model, dict(frames_at(sorted(seeds))), seeds, adaptation)
     predictions: dict[int, np.ndarray] = {}
-    for out in propagate(model, frames, seeds, mem_every, max_memory_frames):
+    for out in propagate(model, frames, seeds, mem_every, max_memory_frames, precision=precision):
         if out.frame_index in annotations:
             predictions[out.frame_index] = out.labels
     missing = [t for t in annotated if t not in predictions]

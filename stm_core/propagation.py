@@ -15,23 +15,54 @@ Generalisations beyond the release:
   claims are taken from every other object, and the frame goes into memory.
 - Every seed frame is a pinned permanent entry; other permanent entries are every ``mem_every``-th
   frame counted from the first seed, capped by ``max_memory_frames`` (see memory_bank.py).
+
+Precision (``precision``): ``"fp32"`` is the release's arithmetic. ``"bf16"`` and ``"fp16"`` run
+the network under autocast (fp16 only on CUDA); the memory bank then holds the compute dtype,
+halving its size, while probabilities, seeds and the soft aggregation stay float32 and every
+:class:`FrameResult` is float32. On a CPU without native bf16 (AVX2 only) bf16 is emulated and
+slower than fp32 (docs/benchmarks.md): a warning says so.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import native_bf16
 from .errors import InputError
 from .memory_bank import MemoryBank, MemoryEntry
 from .model.network import STM
 from .model.ops import Pad, others_mask, pad_to_multiple, soft_aggregate, unpad
 
+logger = logging.getLogger(__name__)
+
 PAD_MULTIPLE = 16
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (None for fp32), or ValueError where
+    the device cannot run it."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError(f"precision fp16 needs a CUDA device, not {device.type}")
+        return torch.float16
+    if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("precision bf16: this CUDA device has no bfloat16")
+        if device.type == "cpu" and not native_bf16(device):
+            logger.warning("precision bf16 on a CPU without native bfloat16: emulated, slower")
+        return torch.bfloat16
+    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 @dataclass(frozen=True)
@@ -61,13 +92,20 @@ class _Pending:
 class VideoSession:
     """Per-video state for one STM network (one session per video; the network is shared)."""
 
-    def __init__(self, model: STM, mem_every: int = 5, max_memory_frames: int | None = None):
+    def __init__(
+        self,
+        model: STM,
+        mem_every: int = 5,
+        max_memory_frames: int | None = None,
+        precision: Precision = "fp32",
+    ):
         if mem_every < 1:
             raise ValueError(f"mem_every must be >= 1, got {mem_every}")
         self.model = model
         self.mem_every = mem_every
         self.bank = MemoryBank(max_memory_frames)
         self.device = next(model.parameters()).device
+        self.dtype = compute_dtype(precision, self.device)
         self.object_ids: tuple[int, ...] = ()
         self.joined_on: dict[int, int] = {}  # object id -> frame of its first seed
         self.first_seed_frame: int | None = None
@@ -92,7 +130,10 @@ class VideoSession:
         self._check_frame(t, frame)
         if seed is not None:
             seed = self._check_seed(t, seed)
-        with torch.inference_mode():
+        autocast = torch.autocast(
+            self.device.type, dtype=self.dtype, enabled=self.dtype is not None
+        )
+        with torch.inference_mode(), autocast:
             image = self._to_tensor(frame)
             # Decide first, then act.
             seed_ids = _ids_in(seed) if seed is not None else ()
@@ -137,7 +178,7 @@ class VideoSession:
         for since, group in self._groups():
             keys, values = self.bank.read(group, since)
             rows = [self.object_ids.index(o) for o in group]
-            object_probs[rows] = self.model.segment(query, keys, values)
+            object_probs[rows] = self.model.segment(query, keys, values).float()
         return F.softmax(soft_aggregate(object_probs), dim=0)
 
     def _groups(self) -> list[tuple[int, tuple[int, ...]]]:
@@ -239,20 +280,22 @@ def propagate(
     mem_every: int = 5,
     max_memory_frames: int | None = None,
     complete_seeds: Collection[int] = (),
+    precision: Precision = "fp32",
 ) -> Iterator[FrameResult]:
     """Yield one :class:`FrameResult` per frame of ``frames``, in order.
 
     ``frames``: any iterable of H x W x 3 uint8 RGB arrays (consumed lazily); ``seeds``: frame index
     -> H x W uint8 label map (0 = background, any other value an object id). ``complete_seeds``:
     frame indices whose seed is the frame's complete annotation (see :meth:`VideoSession.step`).
-    The model stays on its own device; the caller picks it (see ``stm_core.load_model``).
+    ``precision``: fp32 (default, the release's arithmetic), bf16 or fp16 (see the module
+    docstring). The model stays on its own device; the caller picks it (``stm_core.load_model``).
     """
     if not seeds:
         raise InputError(None, "no seed masks: at least one frame needs a seed")
     bad = [k for k in seeds if not isinstance(k, int | np.integer) or k < 0]
     if bad:
         raise InputError(None, f"seed frame indices must be non-negative integers, got {bad}")
-    session = VideoSession(model, mem_every=mem_every, max_memory_frames=max_memory_frames)
+    session = VideoSession(model, mem_every, max_memory_frames, precision)
     complete = set(complete_seeds)
     count = 0
     for t, frame in enumerate(frames):

@@ -318,7 +318,8 @@ def test_label_job_via_ray_job_submit(ray_cluster: Cluster, s3: S3, tmp_path: Pa
     record = json.loads(s3.fs.cat_file(layout.record_uri.removeprefix("s3://")))
     assert record["status"] == "succeeded" and record["masks"] == len(expected)
     assert sorted(etags(s3.fs, layout.masks_dir)) == ["shard-00000.parquet", "shard-00001.parquet"]
-    assert '"status": "succeeded"' in text  # the summary the driver prints
+    assert f"run {RUN_ID} succeeded in " in text  # the summary the driver prints
+    assert "progress: " in text  # not a terminal under ray job submit: plain progress lines
 
 
 def test_a_job_with_an_unreadable_checkpoint_fails(

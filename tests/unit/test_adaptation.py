@@ -82,6 +82,19 @@ def test_zero_steps_returns_the_model_itself(video, random_stm):
     assert adapt_to_seeds(random_stm, {}, {0: video.masks[0]}, off) is random_stm
 
 
+def test_each_step_is_reported(video, random_stm):
+    """``on_step`` hears every optimiser step, so a caller can show "step 40/80"."""
+    steps: list[tuple[int, int]] = []
+    adapt_to_seeds(
+        random_stm,
+        {0: video.frames[0]},
+        {0: video.masks[0]},
+        SMALL,
+        on_step=lambda *s: steps.append(s),
+    )
+    assert steps == [(1, 2), (2, 2)]
+
+
 def test_adaptation_uses_every_seed_frame(video, random_stm, monkeypatch):
     import stm_core.training.static_clips as static_clips
 

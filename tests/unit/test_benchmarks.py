@@ -59,6 +59,38 @@ def test_propagation_speed_writes_one_run_per_trunk_and_object_count(tmp_path, r
         )
         assert run["frames_per_second"] == pytest.approx(1 / run["median_seconds_per_frame"])
         assert run["probabilities_finite"] is True
+        stages = run["median_seconds_per_stage"]
+        assert set(stages) == {
+            *bench_propagation_speed.STAGES,
+            "other",
+            "jpeg_decode",
+            "rle_encode",
+        }
+        for name in ("query_encode", "memory_encode", "decoder", "jpeg_decode"):
+            assert stages[name] > 0, name  # each stage ran on every timed frame
+
+
+def test_stage_timer_charges_each_call_and_restores_the_model():
+    import torch
+
+    from benchmarks.bench_propagation_speed import StageTimer
+    from stm_core import propagate
+
+    torch.manual_seed(0)
+    model = STM("resnet18").eval()
+    frames = [np.full((64, 112, 3), 80 * t, np.uint8) for t in range(3)]
+    timer = StageTimer(model)
+    outputs = propagate(model, frames, {0: box_seed(64, 112, 2)})
+    next(outputs)
+    assert timer.take()["query_encode"] == 0  # the seed frame is not segmented
+    next(outputs)
+    frame = timer.take()
+    assert frame["query_encode"] > 0 and frame["memory_encode"] > 0
+    assert frame["memory_read"] > 0 and frame["decoder"] > 0
+    timer.restore()
+    assert "encode_query" not in vars(model)  # the class's method again
+    next(outputs)
+    assert timer.take() == dict.fromkeys(bench_propagation_speed.STAGES, 0.0) | {"decoder": 0.0}
 
 
 def test_memory_growth_unbounded_bank_grows_and_capped_bank_does_not(tmp_path):

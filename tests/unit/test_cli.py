@@ -12,7 +12,7 @@ from PIL import Image
 
 from jobs.cli import main
 from stm_core import STM, save_checkpoint
-from stm_core.io import read_mask
+from stm_core.io import read_mask, write_mask
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,8 @@ def test_evaluate_prints_a_table_and_writes_json(real_data_root, tmp_path, capsy
     assert "blackswan" in table and "xmem2-caps" in table and "mean" in table
     assert "not scored: cutie-judo: no object has an annotated frame after its seed" in table
     scores = json.loads((tmp_path / "s.json").read_text())
-    assert set(scores) == {"sequences", "mean", "unscored"}
+    assert set(scores) == {"sequences", "mean", "unscored", "not_predicted"}
+    assert scores["not_predicted"] == []
     assert list(scores["unscored"]) == ["cutie-judo"]  # its masks are seeds, not ground truth
     assert scores["sequences"]["xmem2-caps"] == {"J": 1.0, "F": 1.0, "J&F": 1.0}
     # 48 evaluated frames, one of them empty: J = 47 / 48.
@@ -203,3 +204,70 @@ def test_propagate_rejects_bad_adaptation_settings(real_data_root, checkpoint, t
     assert "multiples of 16" in err
     err = _run_error(base + ["--adapt-steps", "1", "--adapt-crop", "whole"], capsys)
     assert "expected 'frame' or HxW" in err
+
+
+def _tiny_sequence(root: Path, name: str, shift: int = 0, frames: int = 4) -> None:
+    """``frames`` 16 x 16 palette PNGs ``00000.png ...`` of one square (object 1) moving right;
+    ``shift`` moves it further, so a shifted copy scores below 1."""
+    for t in range(frames):
+        labels = np.zeros((16, 16), np.uint8)
+        labels[4:12, 2 + t + shift : 8 + t + shift] = 1
+        write_mask(root / name / f"{t:05d}.png", labels)
+
+
+@pytest.fixture()
+def three_sequences(tmp_path) -> tuple[Path, Path]:
+    """Ground truth for a, b and set1/c (nested); predictions for a (exact) and b (shifted)."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    for name in ("a", "b", "set1/c"):
+        _tiny_sequence(gt, name)
+    _tiny_sequence(pred, "a")
+    _tiny_sequence(pred, "b", shift=1)
+    _tiny_sequence(pred, "only-predicted")  # no ground truth: ignored
+    return pred, gt
+
+
+def test_evaluate_lists_sequences_without_predictions(three_sequences, tmp_path, capsys):
+    pred, gt = three_sequences
+    out = tmp_path / "s.json"
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "not predicted: set1/c" in table and "only-predicted" not in table
+    scores = json.loads(out.read_text())
+    assert scores["not_predicted"] == ["set1/c"]
+    assert scores["sequences"]["a"] == {"J": 1.0, "F": 1.0, "J&F": 1.0}
+    assert list(scores["sequences"]) == ["a", "b"] and scores["sequences"]["b"]["J"] < 1
+
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--strict"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'set1/c'" in err and "--strict" in err
+
+
+def test_evaluate_sequences_picks_some(three_sequences, tmp_path, capsys):
+    pred, gt = three_sequences
+    out = tmp_path / "s.json"
+    base = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--json", str(out)]
+    assert main([*base, "--sequences", "b"]) == 0
+    scores = json.loads(out.read_text())
+    assert list(scores["sequences"]) == ["b"] and scores["not_predicted"] == []
+    assert main([*base, "--sequences", "a,set1/c", "--strict"]) == 2  # c has no predictions
+    capsys.readouterr()
+    assert main([*base, "--sequences", "a,set1/c"]) == 0
+    scores = json.loads(out.read_text())
+    assert list(scores["sequences"]) == ["a"] and scores["not_predicted"] == ["set1/c"]
+    assert main([*base, "--sequences", "a", "--sequences", "b"]) == 0
+    assert list(json.loads(out.read_text())["sequences"]) == ["a", "b"]
+    capsys.readouterr()
+    err = _run_error([*base, "--sequences", "a,nope"], capsys)
+    assert "['nope']" in err and "'a'" in err and "'set1/c'" in err
+
+
+def test_evaluate_with_nothing_predicted_names_both_sides(tmp_path, capsys):
+    """The usual cause is a naming mismatch (``car-shadow.mp4`` vs ``car-shadow``): the error
+    lists what each folder holds."""
+    _tiny_sequence(tmp_path / "gt", "car-shadow")
+    _tiny_sequence(tmp_path / "pred", "car-shadow.mp4")
+    argv = ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]
+    err = _run_error(argv, capsys)
+    assert "no predictions for any sequence" in err
+    assert "'car-shadow'" in err and "'car-shadow.mp4'" in err

@@ -91,3 +91,12 @@ def test_the_nightly_config_names_nested_sections():
         ConfigError, match=r"train\.stpes: unknown key \(did you mean 'train\.steps'"
     ):
         load_config(NightlyConfig, None, ["store_uri=/s", "corpus_uri=/c", "train.stpes=3"])
+
+
+def test_the_job_precision_is_one_of_three_modes(tmp_path):
+    base = {"corpus_uri": "/c", "output_uri": "/o", "run_id": "r1"}
+    assert load_config(LabelJobConfig, write(tmp_path, base)).precision == "fp32"
+    config = load_config(LabelJobConfig, write(tmp_path, {**base, "precision": "bf16"}))
+    assert config.precision == "bf16"
+    with pytest.raises(ConfigError, match="precision: Input should be 'fp32', 'bf16' or 'fp16'"):
+        load_config(LabelJobConfig, write(tmp_path, {**base, "precision": "int8"}))

@@ -10,6 +10,7 @@ pixels must be the overlay of those masks on the corpus frames.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import av
@@ -78,7 +79,11 @@ def write_corpus(root: Path) -> tuple[Path, Path]:
     return corpus, seeds
 
 
-def mask_rows(run_id: str, video_id: str, frames: dict[int, np.ndarray]) -> list[MaskRow]:
+def mask_rows(
+    run_id: str, video_id: str, frames: dict[int, np.ndarray], digits: int = 5
+) -> list[MaskRow]:
+    """Rows as the job writes them; frames are named by their index with ``digits`` digits (5
+    for these frame folders, 6 as the job names a video file's frames)."""
     ids = sorted({int(v) for labels in frames.values() for v in np.unique(labels) if v})
     rows = []
     for index, labels in frames.items():
@@ -90,7 +95,7 @@ def mask_rows(run_id: str, video_id: str, frames: dict[int, np.ndarray]) -> list
                     run_id,
                     video_id,
                     index,
-                    f"{index:05d}",
+                    f"{index:0{digits}d}",
                     enc.object_id,
                     height,
                     width,
@@ -266,6 +271,173 @@ def test_davis_folder_refuses_ids_that_leave_the_output(tmp_path):
     for bad in ("../up", "a//b", "/abs", "a/./b"):
         with pytest.raises(InputError, match="cannot name"):
             export.davis_folder(tmp_path, bad)
+
+
+# --- names that round-trip: video files, collisions, COCO file names ----------------------------
+
+MP4_SIZE = (16, 24)  # (H, W), even for yuv420p
+MP4_FRAMES = 4
+
+
+def mp4_frame(index: int) -> np.ndarray:
+    """Frame ``index`` of the test mp4: flat grey, a different level per frame."""
+    return np.full((*MP4_SIZE, 3), 40 + 50 * index, dtype=np.uint8)
+
+
+def mp4_truth() -> dict[int, np.ndarray]:
+    return {i: _labels(MP4_SIZE, i, {1: (2, 10, 1, 8)}) for i in range(MP4_FRAMES)}
+
+
+def encode_mp4(path: Path) -> None:
+    """``MP4_FRAMES`` frames of :func:`mp4_frame` as a lossless (crf 0) libx264 mp4."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.height, stream.width = MP4_SIZE
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "0"}
+        for i in range(MP4_FRAMES):
+            frame = av.VideoFrame.from_ndarray(mp4_frame(i), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_named_run(root: Path, videos: dict[str, int]) -> str:
+    """A committed run over a corpus in ``root/corpus``: each id in ``videos`` maps to the digits
+    of its stored frame names; ids ending in ``.mp4`` are video files (6 digits, as the job names
+    them) holding :func:`mp4_frame`, the others frame folders like ``dog``. Every video's masks
+    are :func:`mp4_truth` or ``dog``'s truth. Seeds are PNGs named as the README says:
+    ``seeds/<video id>/00000.png``. Returns the run URI."""
+    corpus, seeds, output = root / "corpus", root / "seeds", root / "out"
+    plan = ledger.save_plan(str(output), ledger.make_plan(RUN, sorted(videos), 1))
+    for shard in plan.shards:
+        (video_id,) = shard.video_ids
+        if video_id.endswith(".mp4"):
+            encode_mp4(corpus / video_id)
+            frames = mp4_truth()
+        else:
+            size, count, _ = VIDEOS["dog"]
+            frames = truth("dog")
+            (corpus / video_id).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(np.full((*size, 3), 90, np.uint8)).save(
+                    corpus / video_id / f"{i:05d}.png"
+                )
+        seed = seeds / video_id / "00000.png"
+        seed.parent.mkdir(parents=True)
+        Image.fromarray(frames[0]).save(seed)
+        rows = mask_rows(RUN, video_id, frames, digits=videos[video_id])
+        ledger.write_shard(str(output), RUN, shard.name, MASKS.table(rows), ERRORS.empty())
+    config = {"corpus_uri": str(corpus), "seeds_uri": str(seeds), "seeds_format": "masks"}
+    ledger.write_run_record(str(output), RUN, {"config": config, "checkpoint_id": "ckpt-test"})
+    ledger.mark_success(str(output), RUN)
+    return f"{output}/runs/{RUN}"
+
+
+def pngs(out: Path) -> list[str]:
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+
+
+@pytest.mark.parametrize(
+    ("video_id", "clean"),
+    [
+        ("car-shadow.mp4", "car-shadow"),
+        ("clips/a.MOV", "clips/a"),
+        ("b.webm", "b"),
+        ("set1/cat", "set1/cat"),
+        ("cat.jpg", "cat.jpg"),
+        (".mp4", ".mp4"),
+    ],
+)
+def test_clean_video_id_drops_a_video_suffix(video_id, clean):
+    assert export.clean_video_id(video_id) == clean
+
+
+def test_davis_export_names_a_video_file_like_davis(tmp_path, capsys):
+    """``clips/car.mp4`` (stored frame names 000000...) -> ``clips/car/00000.png``; a frame
+    folder keeps its own names; ``--frame-digits`` changes only the video file's."""
+    uri = write_named_run(tmp_path, {"clips/car.mp4": 6, "dog": 5})
+    out = tmp_path / "davis"
+    assert main(["export", "--run", uri, "--format", "davis", "--out", str(out)]) == 0
+    assert "exported 7 PNGs of 7 frames in 2 videos" in capsys.readouterr().out
+    car = [f"clips/car/{i:05d}.png" for i in range(MP4_FRAMES)]
+    assert pngs(out) == sorted(car + [f"dog/{i:05d}.png" for i in range(3)])
+    for index, labels in mp4_truth().items():
+        np.testing.assert_array_equal(read_mask(out / f"clips/car/{index:05d}.png"), labels)
+
+    wide = tmp_path / "wide"
+    args = ["export", "--run", uri, "--format", "davis", "--out", str(wide), "--frame-digits", "3"]
+    assert main(args) == 0
+    assert pngs(wide)[:2] == ["clips/car/000.png", "clips/car/001.png"]
+    assert "dog/00000.png" in pngs(wide)
+
+
+def test_two_videos_sharing_a_folder_are_refused(tmp_path, capsys):
+    uri = write_named_run(tmp_path, {"cat.mp4": 6, "cat": 5})
+    out = tmp_path / "davis"
+    assert main(["export", "--run", uri, "--format", "davis", "--out", str(out)]) == 2
+    _one_error_line(capsys, "'cat'", "'cat.mp4'", "--video")
+    assert not out.exists()  # refused before anything is written
+    args = ["export", "--run", uri, "--format", "coco", "--out", str(out), "--with-frames"]
+    assert main(args) == 2
+    _one_error_line(capsys, "'cat'", "'cat.mp4'")
+    assert not out.exists()
+    # one at a time, each into its own folder
+    args = ["export", "--run", uri, "--format", "davis", "--out", str(out), "--video", "cat"]
+    assert main(args) == 0
+    assert pngs(out) == ["cat/00000.png", "cat/00001.png", "cat/00002.png"]
+    # COCO without frames writes no folders: both videos go into one JSON
+    assert main(["export", "--run", uri, "--format", "coco", "--out", str(out)]) == 0
+    doc = json.loads((out / "instances.json").read_text())
+    assert sorted(v["name"] for v in doc["videos"]) == ["cat", "cat.mp4"]
+
+
+def test_coco_file_name_names_a_video_file_and_frame_index(tmp_path):
+    uri = write_named_run(tmp_path, {"clips/car.mp4": 6, "dog": 5})
+    out = tmp_path / "coco"
+    assert main(["export", "--run", uri, "--format", "coco", "--out", str(out)]) == 0
+    doc = json.loads((out / "instances.json").read_text())
+    names = {v["id"]: v["name"] for v in doc["videos"]}
+    got = {(names[i["video_id"]], i["frame_index"]): i["file_name"] for i in doc["images"]}
+    assert got[("clips/car.mp4", 2)] == "clips/car.mp4#000002"
+    assert got[("dog", 2)] == "dog/00002"  # the frame's path in the corpus, without extension
+    assert len(got) == MP4_FRAMES + 3
+
+
+def test_coco_with_frames_writes_every_frame_beside_the_json(tmp_path, capsys):
+    uri = write_named_run(tmp_path, {"clips/car.mp4": 6, "dog": 5})
+    out = tmp_path / "coco"
+    args = ["export", "--run", uri, "--format", "coco", "--out", str(out), "--with-frames"]
+    assert main(args) == 0
+    assert f"and 7 frames as JPEGs to {out / 'frames'}" in capsys.readouterr().out
+    coco = COCO(str(out / "instances.json"))
+    videos = {v["id"]: v["name"] for v in coco.dataset["videos"]}
+    for image in coco.dataset["images"]:
+        path = out / image["file_name"]
+        video, index = videos[image["video_id"]], image["frame_index"]
+        folder = "clips/car" if video == "clips/car.mp4" else video
+        assert image["file_name"] == f"frames/{folder}/{index:05d}.jpg"
+        with Image.open(path) as jpeg:
+            assert jpeg.format == "JPEG"
+            pixels = np.asarray(jpeg.convert("RGB"), dtype=float)
+        assert pixels.shape[:2] == (image["height"], image["width"])
+        want = mp4_frame(index) if video == "clips/car.mp4" else np.full(pixels.shape, 90)
+        assert np.abs(pixels - want).mean() < 3, (video, index)  # the frame, in order
+    assert len(list((out / "frames").rglob("*.jpg"))) == MP4_FRAMES + 3
+
+
+def test_with_frames_is_for_coco_and_needs_the_corpus(tmp_path, capsys):
+    uri = write_named_run(tmp_path, {"clips/car.mp4": 6, "dog": 5})
+    out = tmp_path / "x"
+    args = ["export", "--run", uri, "--out", str(out), "--with-frames"]
+    assert main([*args, "--format", "davis"]) == 2
+    _one_error_line(capsys, "--with-frames", "coco")
+    shutil.rmtree(tmp_path / "corpus" / "dog")  # exported after clips/car.mp4
+    assert main([*args, "--format", "coco"]) == 2
+    _one_error_line(capsys, "'dog'", "no longer lists it")
+    assert not (out / "instances.json").exists() and not (out / "frames").exists()
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -93,3 +93,82 @@ def test_memory_schedule_counts_from_the_first_seed_and_pins_later_seeds():
     assert steps[8] == [2, 7]  # 5 evicted for seed 7, which is pinned
     assert steps[9] == [2, 7, 8]  # 8 is a mem frame but the seeds fill the cap: temporary only
     assert steps[11] == [2, 7, 10]
+
+
+class _ConcatBank:
+    """The bank as it was: a list of entries concatenated on every read (the reference)."""
+
+    def __init__(self, cap):
+        self.cap, self.permanent, self.temporary = cap, [], None
+
+    def add(self, entry, permanent):
+        self.temporary = None
+        if not permanent:
+            self.temporary = entry
+            return
+        self.permanent.append(entry)
+        while self.cap is not None and len(self.permanent) > self.cap:
+            oldest = next((e for e in self.permanent if not e.pinned), None)
+            if oldest is None:
+                break
+            self.permanent.remove(oldest)
+            if oldest is entry:
+                self.temporary = entry
+
+    def read(self, ids, since):
+        entries = [e for e in self.permanent if e.frame_index >= since]
+        if self.temporary is not None and self.temporary.frame_index >= since:
+            entries.append(self.temporary)
+        rows = [[e.object_ids.index(o) for o in ids] for e in entries]
+        keys = torch.cat([e.keys[r] for e, r in zip(entries, rows, strict=True)], dim=1)
+        values = torch.cat([e.values[r] for e, r in zip(entries, rows, strict=True)], dim=1)
+        return keys, values
+
+
+@pytest.mark.parametrize("cap", [None, 1, 3])
+def test_buffered_reads_equal_concatenating_every_entry(cap):
+    """Random videos: objects join on seed frames, entries are permanent every few frames, some
+    are pinned; every group's read equals the concatenation the bank used to do."""
+    gen = torch.Generator().manual_seed(cap or 0)
+    bank, reference = MemoryBank(cap), _ConcatBank(cap)
+    ids, joined = (), {}
+    for t in range(40):
+        if t in (0, 7, 19):  # new objects: 9 joins alone, 4 and 6 together
+            new = {0: (9,), 7: (4, 6), 19: (2,)}[t]
+            joined.update({o: t for o in new})
+            ids = tuple(sorted(ids + new))
+        pinned = t in (0, 7, 19, 25)
+        permanent = pinned or t % 3 == 0
+        keys = torch.randn(len(ids), 6, 2, generator=gen)
+        values = torch.randn(len(ids), 6, 3, generator=gen)
+        entry = MemoryEntry(t, ids, keys, values, pinned)
+        bank.add(entry, permanent)
+        reference.add(entry, permanent)
+        assert bank.frames == [e.frame_index for e in reference.permanent] + (
+            [reference.temporary.frame_index] if reference.temporary is not None else []
+        )
+        groups = {}
+        for o in ids:
+            groups.setdefault(joined[o], []).append(o)
+        for since, group in groups.items():
+            got, want = bank.read(tuple(group), since), reference.read(tuple(group), since)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (t, group)
+        mixed = (ids[0], ids[-1])  # rows that are not one group: gathered, still equal
+        since = max(joined[o] for o in mixed)
+        assert torch.equal(bank.read(mixed, since)[0], reference.read(mixed, since)[0])
+
+
+def test_a_group_read_is_a_view_and_a_capped_bank_stops_growing():
+    bank = MemoryBank(max_permanent=2)
+    capacities = []
+    for t in range(30):
+        entry = MemoryEntry(t, (1, 2), torch.randn(2, 8, 2), torch.randn(2, 8, 3), t == 0)
+        bank.add(entry, permanent=t % 2 == 0)
+        keys, _ = bank.read((1, 2), since=0)
+        assert keys._base is not None  # a slice of the buffer, no copy
+        capacities.append(bank.capacity_nbytes())
+    assert len(set(capacities[10:])) == 1  # flat once the cap is reached
+    unbounded = MemoryBank()
+    for t in range(30):
+        unbounded.add(MemoryEntry(t, (1,), torch.randn(1, 8, 2), torch.randn(1, 8, 3), False), True)
+    assert unbounded.nbytes() <= unbounded.capacity_nbytes() <= 2 * unbounded.nbytes()

@@ -143,3 +143,42 @@ def test_bad_input_is_named(model, frames, seeds, message):
 def test_bad_options(model):
     with pytest.raises(ValueError, match="mem_every must be >= 1"):
         list(propagate(model, _frames(1), {0: _box(1, 1, 1)}, mem_every=0))
+
+
+def test_bf16_precision_keeps_outputs_float32_and_the_bank_in_bf16():
+    """Autocast bf16 (emulated on CPUs without it, so only a tiny video here): results stay
+    float32, the memory bank holds bf16, and fp32 stays the default path."""
+    import torch
+
+    from stm_core import STM, VideoSession
+
+    torch.manual_seed(0)
+    model = STM("resnet18").eval()
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (32, 48, 3), dtype=np.uint8) for _ in range(4)]
+    seed = np.zeros((32, 48), np.uint8)
+    seed[4:20, 6:30] = 3
+    results = {}
+    for precision in ("fp32", "bf16"):
+        session = VideoSession(model, precision=precision)
+        results[precision] = [
+            session.step(t, f, seed if t == 0 else None) for t, f in enumerate(frames)
+        ]
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        assert session.bank.read((3,), since=0)[0].dtype == dtype
+    for a, b in zip(results["fp32"], results["bf16"], strict=True):
+        assert b.probs.dtype == np.float32 and b.object_ids == a.object_ids == (3,)
+        assert np.abs(a.probs - b.probs).max() < 0.1  # bf16 keeps 8 bits of mantissa
+
+
+def test_fp16_needs_cuda_and_unknown_precisions_are_refused():
+    import torch
+
+    from stm_core import STM, VideoSession
+
+    model = STM("resnet18").eval()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+            VideoSession(model, precision="fp16")
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
+        VideoSession(model, precision="int8")
