@@ -234,6 +234,38 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _result(
+    args: argparse.Namespace,
+    runs: list[dict[str, Any]],
+    started: float,
+    load_start: dict[str, float],
+) -> dict[str, Any]:
+    """The JSON document of the runs so far (written after every run, so a long benchmark that
+    is stopped keeps what it measured)."""
+    summary = ratios(runs)
+    height, width = args.size
+    result = {
+        "benchmark": "memory_growth",
+        "height": height,
+        "width": width,
+        "trunk": args.trunk,
+        "objects": args.objects,
+        "mem_every": args.mem_every,
+        "threads": args.threads,
+        "tail_frames": args.tail,
+        "driver": "VideoSession.step per frame (what stm_core.propagate runs), "
+        + ("all runs in one process" if args.in_process else "a fresh subprocess per run")
+        + f", RSS baseline after model load and a {WARMUP_FRAMES}-frame warm-up",
+        "weights": "random (torch.manual_seed(0)); cost does not depend on weight values",
+        "runs": runs,
+        "ratios_longest_over_shortest": summary,
+        "total_seconds": time.perf_counter() - started,
+        **machine_info(("numpy", "torch", "psutil")),
+        **{f"{k}_start": v for k, v in load_start.items()},
+    }
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", nargs="+", type=int, default=[100, 1000, 5000])
@@ -276,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 run = run_in_subprocess(args, length, cap)
             runs.append(run)
+            write_json(args.out, _result(args, runs, started, load_start))  # kept if stopped
             print(
                 f"  {length:>6} frames, {run['policy']:<9}: "
                 f"{run['median_seconds_per_frame_last']:.4f} s/frame (last), "
@@ -283,28 +316,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{run['wall_seconds']:.0f} s",
                 flush=True,
             )
-    summary = ratios(runs)
-    height, width = args.size
-    result = {
-        "benchmark": "memory_growth",
-        "height": height,
-        "width": width,
-        "trunk": args.trunk,
-        "objects": args.objects,
-        "mem_every": args.mem_every,
-        "threads": args.threads,
-        "tail_frames": args.tail,
-        "driver": "VideoSession.step per frame (what stm_core.propagate runs), "
-        + ("all runs in one process" if args.in_process else "a fresh subprocess per run")
-        + f", RSS baseline after model load and a {WARMUP_FRAMES}-frame warm-up",
-        "weights": "random (torch.manual_seed(0)); cost does not depend on weight values",
-        "runs": runs,
-        "ratios_longest_over_shortest": summary,
-        "total_seconds": time.perf_counter() - started,
-        **machine_info(("numpy", "torch", "psutil")),
-        **{f"{k}_start": v for k, v in load_start.items()},
-    }
+    result = _result(args, runs, started, load_start)
     write_json(args.out, result)
+    summary = result["ratios_longest_over_shortest"]
+    height, width = args.size
 
     headers = (
         "frames",

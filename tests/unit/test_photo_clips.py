@@ -111,7 +111,9 @@ def test_davis_train_videos_give_aligned_deterministic_clips(train_data_root: Pa
         assert a["num_objects"] == 1 and int(a["masks"][0].sum()) > 0
 
 
-@pytest.mark.parametrize("stage", ["train_lite0_real.yaml", "train_lite0_real_2.yaml"])
+@pytest.mark.parametrize(
+    "stage", ["train_lite0_real.yaml", "train_lite0_real_2.yaml", "train_lite0_real_3.yaml"]
+)
 def test_training_configs_point_at_the_shared_data(train_data_root: Path, stage: str) -> None:
     """Both stages of the shipped model validate and read their data from ../shared; stage 1
     starts from ImageNet, stage 2 from stage 1's weights."""
