@@ -8,7 +8,6 @@ Every annotation mask is ground truth; the seeds are each object's first appeara
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from .corpus import VideoTask, discover_dataset, frames_at, iter_frames, probe, 
 
 __all__ = ["MIN_ANNOTATED_FRAMES", "evaluate_root", "evaluate_task"]
 
-logger = logging.getLogger(__name__)
 
 MIN_ANNOTATED_FRAMES = 3  # the first and the last annotated frame are never scored
 

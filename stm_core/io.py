@@ -16,7 +16,6 @@ problem with the input raises :class:`~stm_core.errors.InputError` naming the fi
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -45,7 +44,6 @@ __all__ = [
     "write_mask",
 ]
 
-logger = logging.getLogger(__name__)
 
 Size = tuple[int, int]  # (height, width) in pixels
 
