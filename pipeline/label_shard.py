@@ -37,6 +37,7 @@ from .corpus import (
     apply_corrections,
     complete_correction_frames,
     frame_name,
+    frames_at,
     iter_frames,
     probe,
     read_seeds,
@@ -261,19 +262,9 @@ def _adapted(
     """A copy of ``model`` fine-tuned on this video's seed frames (``on_step(step, steps)``
     after each step). The frames are read in a first pass that stops at the last seed frame, so
     the propagation pass after it streams the video as usual."""
-    wanted, last = set(seeds), max(seeds)
-    seed_frames: dict[int, np.ndarray] = {}
-    decoded = iter_frames(task, fs, settings.max_frame_side, size)
-    try:
-        for t, frame in enumerate(_tagged("decode", decoded)):
-            if t in wanted:
-                seed_frames[t] = frame
-            if t >= last:
-                break
-    finally:
-        close = getattr(decoded, "close", None)
-        if close is not None:
-            close()  # stops a folder's read-ahead threads or a file's decoder now
+    seed_frames = _staged(
+        "decode", lambda: frames_at(task, fs, seeds, settings.max_frame_side, size)
+    )
     return _staged(
         "label", lambda: adapt_to_seeds(model, seed_frames, seeds, settings.adaptation, on_step)
     )
