@@ -52,6 +52,7 @@ from benchmarks.common import (
     default_out,
     format_table,
     load_average,
+    load_line,
     machine_info,
     median,
     parse_size,
@@ -362,11 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         format_table(("policy", "ratio of", "s/frame", "peak RSS delta", "peak bank"), ratio_rows)
     )
-    print(
-        f"load average (1 min): {load_start['load_average_1min']:.2f} at start, "
-        f"{result['load_average_1min']:.2f} at end, on {result['cpu_count']} CPUs; "
-        f"{result['total_seconds']:.0f} s in all"
-    )
+    print(f"{load_line(result)}; {result['total_seconds']:.0f} s in all")
     print(f"wrote {args.out}")
     return 0
 

@@ -54,6 +54,7 @@ from benchmarks.common import (
     default_out,
     format_table,
     load_average,
+    load_line,
     machine_info,
     median,
     parse_size,
@@ -282,10 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\nmedian seconds per frame in each stage (jpeg_decode and rle_encode are the job's)")
     print(format_table(("trunk", "objects", "precision", *stage_names), stage_rows))
-    print(
-        f"load average (1 min): {load_start['load_average_1min']:.2f} at start, "
-        f"{result['load_average_1min']:.2f} at end, on {result['cpu_count']} CPUs"
-    )
+    print(load_line(result))
     print(f"wrote {args.out}")
     return 0
 

@@ -11,7 +11,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,6 +56,15 @@ def machine_info(packages: Sequence[str] = ("numpy",)) -> dict[str, Any]:
     )
     info.update(load_average())
     return info
+
+
+def load_line(result: Mapping[str, Any]) -> str:
+    """How busy the machine was around a benchmark, for its printout: ``result`` holds
+    :func:`machine_info`'s keys (taken at the end) and ``load_average_1min_start``."""
+    return (
+        f"load average (1 min): {result['load_average_1min_start']:.2f} at start, "
+        f"{result['load_average_1min']:.2f} at end, on {result['cpu_count']} CPUs"
+    )
 
 
 def timed(items: Iterable[T]) -> Iterator[tuple[T, float]]:

@@ -33,7 +33,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 SHARD_PATTERN = re.compile(r"^shard-\d{5,}$")
 SUCCESS_NAME = "_SUCCESS"
+Document = TypeVar("Document", bound=BaseModel)
 
 
 class LedgerError(RuntimeError):
@@ -147,6 +148,21 @@ def _check_shard(shard: str) -> str:
     return shard
 
 
+def _read_document(
+    uri: str, model: type[Document], what: str, options: StorageOptions | None
+) -> Document | None:
+    """The JSON document at ``uri`` as ``model``, or None when there is no file; a file that is
+    not a valid ``what`` raises :class:`LedgerError`."""
+    try:
+        raw = table_io.read_json(uri, options)
+    except FileNotFoundError:
+        return None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise LedgerError(f"{uri}: not a valid {what}: {exc}") from exc
+
+
 # --- plan -----------------------------------------------------------------------------------
 
 
@@ -155,14 +171,9 @@ def load_plan(
 ) -> RunPlan | None:
     """The saved plan of ``run_id``, or None if the run has none yet."""
     uri = RunLayout(output_uri, run_id).plan_uri
-    try:
-        raw = table_io.read_json(uri, options)
-    except FileNotFoundError:
+    plan = _read_document(uri, RunPlan, "run plan", options)
+    if plan is None:
         return None
-    try:
-        plan = RunPlan.model_validate(raw)
-    except ValidationError as exc:
-        raise LedgerError(f"{uri}: not a valid run plan: {exc}") from exc
     if plan.run_id != run_id:
         raise LedgerError(f"{uri}: plan is for run {plan.run_id!r}, not {run_id!r}")
     return plan
@@ -318,12 +329,7 @@ def read_success(
 ) -> SuccessMarker | None:
     """The run's commit marker, or None if the run is not committed."""
     uri = RunLayout(output_uri, run_id).success_uri
-    try:
-        return SuccessMarker.model_validate(table_io.read_json(uri, options))
-    except FileNotFoundError:
-        return None
-    except ValidationError as exc:
-        raise LedgerError(f"{uri}: not a valid success marker: {exc}") from exc
+    return _read_document(uri, SuccessMarker, "success marker", options)
 
 
 def is_committed(output_uri: str, run_id: str, options: StorageOptions | None = None) -> bool:

@@ -144,10 +144,24 @@ class TableSpec:
             raise TableError(source, f"{problem} and cannot be converted: {exc}") from exc
 
 
-def _schema(name: str, fields: Sequence[pa.Field]) -> pa.Schema:
-    return pa.schema(
-        fields, metadata={"stm_label.table": name, "stm_label.version": SCHEMA_VERSION}
+def _table(
+    name: str,
+    row_type: type,
+    columns: Sequence[pa.Field],
+    *,
+    sort_keys: tuple[str, ...] = (),
+    enums: Mapping[str, tuple[str, ...]] | None = None,
+) -> TableSpec:
+    """The :class:`TableSpec` of table ``name``: its schema carries the name and
+    ``SCHEMA_VERSION`` in the metadata. ``row_type``'s fields must be the columns in order; a
+    mismatch is a programming error and fails at import."""
+    schema = pa.schema(
+        columns, metadata={"stm_label.table": name, "stm_label.version": SCHEMA_VERSION}
     )
+    names = [f.name for f in dataclasses.fields(row_type)]
+    if names != schema.names:
+        raise AssertionError(f"{name}: row fields {names} != schema {schema.names}")
+    return TableSpec(name, schema, row_type, sort_keys, dict(enums or {}))
 
 
 def _object_mask_columns(frame_doc: str = "0-based frame position") -> list[pa.Field]:
@@ -161,13 +175,6 @@ def _object_mask_columns(frame_doc: str = "0-based frame position") -> list[pa.F
         _col("width", pa.int32(), "mask width in pixels"),
         _col("rle", pa.binary(), "COCO compressed RLE counts (pycocotools), ASCII"),
     ]
-
-
-def _row_fields_match(spec: TableSpec) -> TableSpec:
-    names = [f.name for f in dataclasses.fields(spec.row_type)]
-    if names != spec.schema.names:  # a programming error: fail at import
-        raise AssertionError(f"{spec.name}: row fields {names} != schema {spec.schema.names}")
-    return spec
 
 
 # --- masks ----------------------------------------------------------------------------------
@@ -198,30 +205,25 @@ class MaskRow:
     checkpoint_id: str
 
 
-MASKS = _row_fields_match(
-    TableSpec(
-        name="masks",
-        schema=_schema(
-            "masks",
-            [
-                _col("run_id", pa.string(), "labeling run that wrote the row"),
-                _col("video_id", pa.string(), "video id (folder or file stem) in the corpus"),
-                _col("frame_index", pa.int32(), "0-based frame position in the video"),
-                _col("frame_name", pa.string(), "frame file stem, or zero-padded index"),
-                _col("object_id", pa.int32(), "object label as in the seed masks, >= 1"),
-                _col("height", pa.int32(), "mask height in pixels"),
-                _col("width", pa.int32(), "mask width in pixels"),
-                _col("rle", pa.binary(), "COCO compressed RLE counts (pycocotools), ASCII"),
-                _col("area", pa.int64(), "foreground pixel count; 0 if the object is absent"),
-                _col("bbox", BBOX_TYPE, "[x, y, w, h] in pixels; zeros for an empty mask"),
-                _col("score", pa.float32(), "mean fg probability inside the mask; 1 for seeds"),
-                _col("is_seed", pa.bool_(), "true when the mask is the user's seed"),
-                _col("checkpoint_id", pa.string(), "id of the model checkpoint used"),
-            ],
-        ),
-        row_type=MaskRow,
-        sort_keys=("video_id", "frame_index", "object_id"),
-    )
+MASKS = _table(
+    "masks",
+    MaskRow,
+    [
+        _col("run_id", pa.string(), "labeling run that wrote the row"),
+        _col("video_id", pa.string(), "video id (folder or file stem) in the corpus"),
+        _col("frame_index", pa.int32(), "0-based frame position in the video"),
+        _col("frame_name", pa.string(), "frame file stem, or zero-padded index"),
+        _col("object_id", pa.int32(), "object label as in the seed masks, >= 1"),
+        _col("height", pa.int32(), "mask height in pixels"),
+        _col("width", pa.int32(), "mask width in pixels"),
+        _col("rle", pa.binary(), "COCO compressed RLE counts (pycocotools), ASCII"),
+        _col("area", pa.int64(), "foreground pixel count; 0 if the object is absent"),
+        _col("bbox", BBOX_TYPE, "[x, y, w, h] in pixels; zeros for an empty mask"),
+        _col("score", pa.float32(), "mean fg probability inside the mask; 1 for seeds"),
+        _col("is_seed", pa.bool_(), "true when the mask is the user's seed"),
+        _col("checkpoint_id", pa.string(), "id of the model checkpoint used"),
+    ],
+    sort_keys=("video_id", "frame_index", "object_id"),
 )
 
 
@@ -250,34 +252,28 @@ class ErrorRow:
     time: dt.datetime  # timezone-aware, UTC
 
 
-ERRORS = _row_fields_match(
-    TableSpec(
-        name="errors",
-        schema=_schema(
-            "errors",
-            [
-                _col("run_id", pa.string(), "labeling run"),
-                _col("video_id", pa.string(), "video concerned, null if none", nullable=True),
-                _col("stage", pa.string(), "one of " + "/".join(ERROR_STAGES)),
-                _col(
-                    "error_type", pa.string(), "exception class name, or a discovery problem code"
-                ),
-                _col("message", pa.string(), "error message"),
-                _col("time", TIME_TYPE, "when the error happened (UTC)"),
-            ],
-        ),
-        row_type=ErrorRow,
-        sort_keys=("video_id", "stage", "time"),
-        enums={"stage": ERROR_STAGES},
-    )
+ERRORS = _table(
+    "errors",
+    ErrorRow,
+    [
+        _col("run_id", pa.string(), "labeling run"),
+        _col("video_id", pa.string(), "video concerned, null if none", nullable=True),
+        _col("stage", pa.string(), "one of " + "/".join(ERROR_STAGES)),
+        _col("error_type", pa.string(), "exception class name, or a discovery problem code"),
+        _col("message", pa.string(), "error message"),
+        _col("time", TIME_TYPE, "when the error happened (UTC)"),
+    ],
+    sort_keys=("video_id", "stage", "time"),
+    enums={"stage": ERROR_STAGES},
 )
 
 # --- seeds ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class SeedRow:
-    """A user-supplied seed mask (Parquet seed table): the object's mask on one frame."""
+class _ObjectMask:
+    """The row fields of :func:`_object_mask_columns`: one object's mask on one frame. Seeds and
+    corrections rows start with them; a selection row lists them itself, after its id."""
 
     video_id: str
     frame_index: int
@@ -287,51 +283,38 @@ class SeedRow:
     rle: bytes  # COCO compressed RLE counts, as in masks
 
 
-SEEDS = _row_fields_match(
-    TableSpec(
-        name="seeds",
-        schema=_schema(
-            "seeds",
-            [
-                *_object_mask_columns("0-based frame position of the seed"),
-            ],
-        ),
-        row_type=SeedRow,
-        sort_keys=("video_id", "frame_index", "object_id"),
-    )
+@dataclass(frozen=True, slots=True)
+class SeedRow(_ObjectMask):
+    """A user-supplied seed mask (Parquet seed table): the object's mask on one frame."""
+
+
+SEEDS = _table(
+    "seeds",
+    SeedRow,
+    _object_mask_columns("0-based frame position of the seed"),
+    sort_keys=("video_id", "frame_index", "object_id"),
 )
 
 # --- corrections ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class CorrectionRow:
+class CorrectionRow(_ObjectMask):
     """A human correction of one (video, frame, object) mask, used as training data."""
 
-    video_id: str
-    frame_index: int
-    object_id: int
-    height: int
-    width: int
-    rle: bytes
     author: str
     time: dt.datetime  # timezone-aware, UTC
 
 
-CORRECTIONS = _row_fields_match(
-    TableSpec(
-        name="corrections",
-        schema=_schema(
-            "corrections",
-            [
-                *_object_mask_columns(),
-                _col("author", pa.string(), "who made the correction"),
-                _col("time", TIME_TYPE, "when it was made (UTC)"),
-            ],
-        ),
-        row_type=CorrectionRow,
-        sort_keys=("video_id", "frame_index", "object_id", "time"),
-    )
+CORRECTIONS = _table(
+    "corrections",
+    CorrectionRow,
+    [
+        *_object_mask_columns(),
+        _col("author", pa.string(), "who made the correction"),
+        _col("time", TIME_TYPE, "when it was made (UTC)"),
+    ],
+    sort_keys=("video_id", "frame_index", "object_id", "time"),
 )
 
 MASKS_SCHEMA = MASKS.schema
@@ -426,29 +409,24 @@ class SelectionRow:
     consistency: float
 
 
-SELECTION = _row_fields_match(
-    TableSpec(
-        name="selection",
-        schema=_schema(
-            "selection",
-            [
-                _col("selection_id", pa.string(), "nightly run that made the selection"),
-                *_object_mask_columns(),
-                _col("source", pa.string(), "one of " + "/".join(SELECTION_SOURCES)),
-                _col(
-                    "run_id",
-                    pa.string(),
-                    "labeling run of the mask; null for corrections",
-                    nullable=True,
-                ),
-                _col("score", pa.float32(), "the mask's score; 1 for seeds and corrections"),
-                _col("consistency", pa.float32(), "min IoU with the neighbouring frames' masks"),
-            ],
+SELECTION = _table(
+    "selection",
+    SelectionRow,
+    [
+        _col("selection_id", pa.string(), "nightly run that made the selection"),
+        *_object_mask_columns(),
+        _col("source", pa.string(), "one of " + "/".join(SELECTION_SOURCES)),
+        _col(
+            "run_id",
+            pa.string(),
+            "labeling run of the mask; null for corrections",
+            nullable=True,
         ),
-        row_type=SelectionRow,
-        sort_keys=("video_id", "frame_index", "object_id"),
-        enums={"source": SELECTION_SOURCES},
-    )
+        _col("score", pa.float32(), "the mask's score; 1 for seeds and corrections"),
+        _col("consistency", pa.float32(), "min IoU with the neighbouring frames' masks"),
+    ],
+    sort_keys=("video_id", "frame_index", "object_id"),
+    enums={"source": SELECTION_SOURCES},
 )
 
 
@@ -478,34 +456,27 @@ class CheckpointRow:
     created_at: dt.datetime
 
 
-CHECKPOINTS = _row_fields_match(
-    TableSpec(
-        name="checkpoints",
-        schema=_schema(
-            "checkpoints",
-            [
-                _col("checkpoint_id", pa.string(), "sha256:<16 hex> of the model file"),
-                _col("parent_id", pa.string(), "checkpoint it was fine-tuned from", nullable=True),
-                _col("uri", pa.string(), "where the model file is"),
-                _col("nightly_run_id", pa.string(), "nightly run that made it", nullable=True),
-                _col("selection_id", pa.string(), "training data selection", nullable=True),
-                _col("selected_masks", pa.int64(), "rows in that selection"),
-                _col("train_steps", pa.int32(), "fine-tuning steps"),
-                _col(
-                    "heldout_uri", pa.string(), "held-out ground truth of the gate", nullable=True
-                ),
-                _col("jf", pa.float64(), "held-out J&F in [0, 1]", nullable=True),
-                _col("j", pa.float64(), "held-out J (region) mean", nullable=True),
-                _col("f", pa.float64(), "held-out F (boundary) mean", nullable=True),
-                _col("parent_jf", pa.float64(), "parent's J&F in the same gate", nullable=True),
-                _col("promoted", pa.bool_(), "whether the gate promoted it"),
-                _col("reason", pa.string(), "why it was (not) promoted"),
-                _col("created_at", TIME_TYPE, "when it was registered (UTC)"),
-            ],
-        ),
-        row_type=CheckpointRow,
-        sort_keys=("created_at", "checkpoint_id"),
-    )
+CHECKPOINTS = _table(
+    "checkpoints",
+    CheckpointRow,
+    [
+        _col("checkpoint_id", pa.string(), "sha256:<16 hex> of the model file"),
+        _col("parent_id", pa.string(), "checkpoint it was fine-tuned from", nullable=True),
+        _col("uri", pa.string(), "where the model file is"),
+        _col("nightly_run_id", pa.string(), "nightly run that made it", nullable=True),
+        _col("selection_id", pa.string(), "training data selection", nullable=True),
+        _col("selected_masks", pa.int64(), "rows in that selection"),
+        _col("train_steps", pa.int32(), "fine-tuning steps"),
+        _col("heldout_uri", pa.string(), "held-out ground truth of the gate", nullable=True),
+        _col("jf", pa.float64(), "held-out J&F in [0, 1]", nullable=True),
+        _col("j", pa.float64(), "held-out J (region) mean", nullable=True),
+        _col("f", pa.float64(), "held-out F (boundary) mean", nullable=True),
+        _col("parent_jf", pa.float64(), "parent's J&F in the same gate", nullable=True),
+        _col("promoted", pa.bool_(), "whether the gate promoted it"),
+        _col("reason", pa.string(), "why it was (not) promoted"),
+        _col("created_at", TIME_TYPE, "when it was registered (UTC)"),
+    ],
+    sort_keys=("created_at", "checkpoint_id"),
 )
 
 SELECTION_SCHEMA = SELECTION.schema

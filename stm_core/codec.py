@@ -33,6 +33,7 @@ __all__ = [
     "natural_key",
     "resize_labels",
     "size_text",
+    "unreadable",
 ]
 
 Size = tuple[int, int]  # (height, width) in pixels
@@ -108,15 +109,26 @@ def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
 # frames
 
 
+#: Pillow names the in-memory buffer in some messages ("cannot identify image file <_io.BytesIO
+#: object at 0x7f...>"): an address that differs on every run would make the same bad file give a
+#: different errors row each time, so it is cut out.
+_OBJECT_ADDRESS = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def unreadable(source: str | Path, what: str, exc: BaseException) -> InputError:
+    """The error for bytes that do not decode as ``what`` (``"image"``, ``"mask"``), naming the
+    decoder's exception and its message, the same on every run."""
+    message = _OBJECT_ADDRESS.sub("", str(exc))
+    return InputError(source, f"is not a readable {what} ({type(exc).__name__}: {message})")
+
+
 def _open(data: bytes, source: str | Path, what: str) -> Image.Image:
     """Open and fully decode ``data`` (a truncated file only fails while decoding)."""
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
     except DECODE_ERRORS as exc:
-        raise InputError(
-            source, f"is not a readable {what} ({type(exc).__name__}: {exc})"
-        ) from None
+        raise unreadable(source, what, exc) from None
     return image
 
 
@@ -142,7 +154,7 @@ def image_size(data: bytes, source: str | Path) -> Size:
         with Image.open(io.BytesIO(data)) as image:
             return image.height, image.width
     except DECODE_ERRORS as exc:
-        raise InputError(source, f"is not a readable image ({type(exc).__name__}: {exc})") from None
+        raise unreadable(source, "image", exc) from None
 
 
 # ---------------------------------------------------------------------------------------------

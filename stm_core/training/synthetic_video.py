@@ -292,6 +292,30 @@ def _sines(
     return amps, freqs, phases
 
 
+def _wavy_path(
+    rng: np.random.Generator,
+    count: int,
+    amp: tuple[float, float],
+    freq: tuple[float, float],
+    start: tuple[float, float],
+    drift: tuple[float, float] | None = None,
+) -> SmoothPath:
+    """A path of ``count`` random sines whose value at t = 0 is drawn from ``start`` and whose
+    drift per frame from ``drift`` (0 when None). Draws the sines, then the start, then the
+    drift: that order is part of every seed's video."""
+    amps, freqs, phases = _sines(rng, count, amp, freq)
+    start_value = rng.uniform(*start)
+    drift_value = rng.uniform(*drift) if drift is not None else 0.0
+    return SmoothPath.starting_at(start_value, drift_value, amps, freqs, phases)
+
+
+def _slow_sine(rng: np.random.Generator, offset: float, amp: float) -> SmoothPath:
+    """``offset + amp * sin(freq * t + phase)``, freq 0.02-0.1 rad/frame: a camera's zoom or
+    roll. Draws the freq, then the phase."""
+    freq = rng.uniform(0.02, 0.1)
+    return SmoothPath(offset, 0.0, (amp,), (freq,), (rng.uniform(0, 2 * np.pi),))
+
+
 def _plan_sprite(
     rng: np.random.Generator,
     object_id: int,
@@ -325,18 +349,10 @@ def _plan_sprite(
             x = SmoothPath.starting_at(start[0], 0.0, [big * width], [freq], [0.0])
         else:
             y = SmoothPath.starting_at(start[1], 0.0, [big * height], [freq], [0.0])
-    amps, freqs, phases = _sines(rng, 1, (0.0, 0.4), (0.03, 0.2))
-    angle = SmoothPath.starting_at(
-        rng.uniform(0, 2 * np.pi), rng.uniform(-0.04, 0.04), amps, freqs, phases
-    )
-    amps, freqs, phases = _sines(rng, 1, (0.0, 0.25), (0.02, 0.12))
-    log_scale = SmoothPath.starting_at(
-        rng.uniform(-0.15, 0.15), rng.uniform(-0.003, 0.003), amps, freqs, phases
-    )
-    amps, freqs, phases = _sines(rng, 1, (0.0, 0.12), (0.05, 0.25))
-    stretch = SmoothPath.starting_at(rng.uniform(-0.1, 0.1), 0.0, amps, freqs, phases)
-    amps, freqs, phases = _sines(rng, 1, (0.0, 0.15), (0.05, 0.25))
-    shear = SmoothPath.starting_at(rng.uniform(-0.1, 0.1), 0.0, amps, freqs, phases)
+    angle = _wavy_path(rng, 1, (0.0, 0.4), (0.03, 0.2), (0, 2 * np.pi), (-0.04, 0.04))
+    log_scale = _wavy_path(rng, 1, (0.0, 0.25), (0.02, 0.12), (-0.15, 0.15), (-0.003, 0.003))
+    stretch = _wavy_path(rng, 1, (0.0, 0.12), (0.05, 0.25), (-0.1, 0.1))
+    shear = _wavy_path(rng, 1, (0.0, 0.15), (0.05, 0.25), (-0.1, 0.1))
     modes = 2
     wobble_amp = rng.uniform(-0.04, 0.04, (modes, 2)) * side
     directions = rng.uniform(0, 2 * np.pi, modes)
@@ -496,20 +512,8 @@ def plan_video(
     cam_x = bounded(bg_w / 2, margin_x)
     cam_y = bounded(bg_h / 2, margin_y)
     zoom_amp = rng.uniform(0.0, 0.1) if moving else 0.0
-    cam_log_zoom = SmoothPath(
-        zoom_amp + rng.uniform(0.0, 0.05),
-        0.0,
-        (zoom_amp,),
-        (rng.uniform(0.02, 0.1),),
-        (rng.uniform(0, 2 * np.pi),),
-    )
-    cam_angle = SmoothPath(
-        0.0,
-        0.0,
-        (max_roll * rng.random(),),
-        (rng.uniform(0.02, 0.1),),
-        (rng.uniform(0, 2 * np.pi),),
-    )
+    cam_log_zoom = _slow_sine(rng, zoom_amp + rng.uniform(0.0, 0.05), zoom_amp)
+    cam_angle = _slow_sine(rng, 0.0, max_roll * rng.random())
 
     # Objects: start inside the frame; some start next to an earlier one so they overlap.
     starts: list[tuple[float, float]] = []
@@ -538,12 +542,8 @@ def plan_video(
     if lookalike_prob > 0.0:
         sprites = _lookalikes(seed, split, size, photo, sprites, lookalike_prob, paint)
 
-    amps, freqs, phases = _sines(rng, 2, (0.0, 0.12), (0.02, 0.15))
-    light = SmoothPath.starting_at(rng.uniform(-0.15, 0.15), 0.0, amps, freqs, phases)
-    tints = []
-    for _ in range(3):
-        amps, freqs, phases = _sines(rng, 1, (0.0, 0.04), (0.02, 0.1))
-        tints.append(SmoothPath.starting_at(rng.uniform(-0.05, 0.05), 0.0, amps, freqs, phases))
+    light = _wavy_path(rng, 2, (0.0, 0.12), (0.02, 0.15), (-0.15, 0.15))
+    tints = [_wavy_path(rng, 1, (0.0, 0.04), (0.02, 0.1), (-0.05, 0.05)) for _ in range(3)]
     return VideoPlan(
         seed=seed,
         split=split,
