@@ -56,7 +56,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
-from pycocotools import mask as coco_mask
 
 from benchmarks.common import (
     default_out,
@@ -67,8 +66,9 @@ from benchmarks.common import (
     parse_size,
     write_json,
 )
+from pipeline.toy_corpus import encode_mp4, seed_rows, synthetic_video
 from schemas.common import StorageOptions
-from schemas.tables import SEEDS, SeedRow
+from schemas.tables import SEEDS
 
 log = logging.getLogger("bench_label_job")
 
@@ -78,7 +78,6 @@ BUCKET = "stm-bench"
 DAVIS_FRAMES = "JPEGImages/480p"
 TRUNK = "resnet18"
 OBJECTS = 2
-FPS = 10
 RAY_CPUS = 2
 OVERHEAD_TARGET = 0.10
 TINY_SIZE = (32, 32)  # (height, width) of the discovery corpus's mp4s
@@ -100,74 +99,13 @@ class Video:
 # inputs
 
 
-def synthetic_frames(seed: int, n_frames: int, size: tuple[int, int]) -> tuple[list, np.ndarray]:
-    """``n_frames`` H x W x 3 uint8 frames of ``OBJECTS`` boxes drifting over a smooth noisy
-    background, and frame 0's label map (H x W uint8, object k = k)."""
-    rng = np.random.default_rng(seed)
-    height, width = size
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([40 + 60 * yy / height, 50 + 50 * xx / width, 90 + 0 * xx], axis=-1)
-    base = base + rng.normal(0, 6, (height, width, 3))
-    boxes = []
-    for _ in range(OBJECTS):
-        h, w = (
-            int(rng.integers(height // 5, height // 3)),
-            int(rng.integers(width // 6, width // 3)),
-        )
-        y, x = int(rng.integers(0, height - h)), int(rng.integers(0, width - w))
-        dy, dx = (int(v) for v in rng.integers(-2, 3, 2))
-        boxes.append((y, x, h, w, dy, dx, rng.integers(120, 255, 3)))
-    frames, label0 = [], np.zeros(size, np.uint8)
-    for t in range(n_frames):
-        image = base.copy()
-        for k, (y, x, h, w, dy, dx, colour) in enumerate(boxes, start=1):
-            top = int(np.clip(y + dy * t, 0, height - h))
-            left = int(np.clip(x + dx * t, 0, width - w))
-            image[top : top + h, left : left + w] = colour
-            if t == 0:
-                label0[top : top + h, left : left + w] = k
-        frames.append(np.clip(image, 0, 255).astype(np.uint8))
-    return frames, label0
-
-
-def encode_mp4(path: Path, frames: list[np.ndarray]) -> Path:
-    """``frames`` (even H and W) as a libx264 yuv420p mp4 at ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def seed_rows(video_id: str, labels: np.ndarray) -> list[SeedRow]:
-    """Frame-0 seed rows (COCO RLE via pycocotools) of every object in ``labels``."""
-    height, width = labels.shape
-    return [
-        SeedRow(
-            video_id,
-            0,
-            int(k),
-            height,
-            width,
-            coco_mask.encode(np.asfortranarray((labels == k).astype(np.uint8)))["counts"],
-        )
-        for k in np.unique(labels)
-        if k
-    ]
-
-
 def build_corpus(root: Path, n_videos: int, n_frames: int, size: tuple[int, int]) -> list[Video]:
     """``root/corpus`` (frame folders ``v00, v01, ...`` and ``clips/v<last>.mp4``) and
     ``root/seeds.parquet``."""
     videos, rows = [], []
     for i in range(n_videos):
-        frames, label0 = synthetic_frames(i, n_frames, size)
+        video = synthetic_video(i, n_frames, size, objects=OBJECTS)
+        frames, label0 = video.frames, video.labels[0]
         if i == n_videos - 1:
             video_id = f"clips/v{i:02d}.mp4"
             local = encode_mp4(root / "corpus" / video_id, frames)
@@ -178,7 +116,7 @@ def build_corpus(root: Path, n_videos: int, n_frames: int, size: tuple[int, int]
             for t, frame in enumerate(frames):
                 Image.fromarray(frame).save(local / f"{t:05d}.jpg", quality=92)
         videos.append(Video(video_id, local, n_frames, label0))
-        rows.extend(seed_rows(video_id, label0))
+        rows.extend(seed_rows(video_id, 0, label0))
     pq.write_table(SEEDS.table(rows), root / "seeds.parquet")
     return videos
 
@@ -289,11 +227,11 @@ def discovery_bench(
     from pipeline.corpus import discover
     from pipeline.storage import open_fs
 
+    tiny = synthetic_video(0, 2, TINY_SIZE, objects=OBJECTS)
     with tempfile.TemporaryDirectory() as tmp:
-        frames, label0 = synthetic_frames(0, 2, TINY_SIZE)
-        data = encode_mp4(Path(tmp) / "tiny.mp4", frames).read_bytes()
+        data = encode_mp4(Path(tmp) / "tiny.mp4", tiny.frames).read_bytes()
     ids = [f"clips/{i // 1000:02d}/v{i:05d}.mp4" for i in range(n_videos)]
-    rows = [row for video_id in ids for row in seed_rows(video_id, label0)]
+    rows = [row for video_id in ids for row in seed_rows(video_id, 0, tiny.labels[0])]
     seeds = SEEDS.table(rows)
     with tempfile.NamedTemporaryFile(suffix=".parquet") as file:
         pq.write_table(seeds, file.name)

@@ -192,6 +192,7 @@ def run_label_job(
         max_frame_side=config.max_frame_side,
         adaptation=Adaptation(**config.adaptation.model_dump()),
         precision=config.precision,
+        videos_per_batch=config.videos_per_batch,
     )
     _write_discovery_errors(config, settings, found.errors)
     done = ledger.finished_shards(config.output_uri, config.run_id, config.storage)

@@ -77,6 +77,8 @@ class TrackerEvents(ShardEvents):
     Frame totals: a frame folder's count is in the run's total from the start; a video file's
     is added when it is opened (``videos_unprobed`` goes down by one). A video that fails takes
     its unlabeled frames out of the total, so the total stays what the run will really label.
+    Each video's counts are kept apart, so videos labeled together (``videos_per_batch``),
+    whose events interleave, are counted as they are one at a time.
     """
 
     def __init__(
@@ -87,8 +89,8 @@ class TrackerEvents(ShardEvents):
     ) -> None:
         self.tracker, self.worker, self.clock = tracker, worker, clock
         self.shard = ""
-        self.expected: int | None = None  # frames of the current video, once known
-        self.done = 0  # frames of the current video labeled
+        self.expected: dict[str, int | None] = {}  # video -> its frame count, once known
+        self.done: dict[str, int] = {}  # video -> its frames labeled
         self.pending = 0  # frames labeled and not yet told
         self.last_sent = clock()
         self.last_step = -1e9
@@ -104,7 +106,7 @@ class TrackerEvents(ShardEvents):
         self.tracker.shard_started.remote(shard)
 
     def video_started(self, task: VideoTask) -> None:
-        self.expected, self.done, self.pending = task.num_frames, 0, 0
+        self.expected[task.video_id], self.done[task.video_id] = task.num_frames, 0
         self._add(videos_started=1)
 
     def video_probed(self, task: VideoTask, num_frames: int) -> None:
@@ -112,7 +114,7 @@ class TrackerEvents(ShardEvents):
             self._add(frames_total=num_frames, videos_unprobed=-1)
         elif num_frames != task.num_frames:
             self._add(frames_total=num_frames - task.num_frames)
-        self.expected = num_frames
+        self.expected[task.video_id] = num_frames
 
     def adapt_step(self, task: VideoTask, step: int, steps: int) -> None:
         now = self.clock()
@@ -123,17 +125,19 @@ class TrackerEvents(ShardEvents):
 
     def frames_done(self, task: VideoTask, n: int) -> None:
         self.pending += n
-        self.done += n
+        self.done[task.video_id] = self.done.get(task.video_id, 0) + n
         if self.pending >= PROGRESS_EVERY or self.clock() - self.last_sent >= PROGRESS_SECONDS:
             self._add(frames=self.pending)
             self.pending = 0
 
     def video_finished(self, task: VideoTask, failed: bool) -> None:
+        expected = self.expected.pop(task.video_id, None)
+        done = self.done.pop(task.video_id, 0)
         deltas = {"frames": self.pending, "videos": 1, "errors": int(failed)}
-        if self.expected is None:  # a video file never opened, or one that states no count
-            deltas |= {"videos_unprobed": -1, "frames_total": self.done}
+        if expected is None:  # a video file never opened, or one that states no count
+            deltas |= {"videos_unprobed": -1, "frames_total": done}
         else:  # a failed video's unlabeled frames leave the total
-            deltas["frames_total"] = self.done - self.expected
+            deltas["frames_total"] = done - expected
         self._add(**deltas)
         self.pending = 0
         if self.adapting:  # failed while adapting

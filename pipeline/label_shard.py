@@ -1,7 +1,9 @@
 """Label one shard of videos: the pure function a Ray labeling actor calls.
 
 For each video: probe its size, read its seeds, stream its frames through
-``stm_core.propagate``, encode every (frame, object) mask as COCO RLE. A video's rows are kept
+``stm_core.propagate`` (or, with ``videos_per_batch`` > 1, through
+``stm_core.batch_propagation.propagate_videos`` together with other videos of the shard),
+encode every (frame, object) mask as COCO RLE. A video's rows are kept
 only if the whole video succeeded; any failure becomes one errors-table row (video, stage, error
 type, message) and the shard goes on. The shard's two files are written once, whole, under
 deterministic names (``pipeline.ledger.write_shard``), so redoing a shard after a crash rewrites
@@ -18,7 +20,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,12 +29,14 @@ from schemas.common import StorageOptions
 from schemas.tables import ERRORS, MASKS, ErrorRow, MaskRow
 from stm_core import STM, propagate
 from stm_core.adaptation import Adaptation, adapt_to_seeds
+from stm_core.batch_propagation import VideoFrame, VideoInput, propagate_videos
 from stm_core.errors import STMLabelError
-from stm_core.propagation import Precision
+from stm_core.propagation import FrameResult, Precision
 
 from . import ledger
 from .corpus import (
     FrameScale,
+    VideoInfo,
     VideoTask,
     apply_corrections,
     complete_correction_frames,
@@ -57,7 +61,8 @@ class ShardEvents:
     on), ``frames_done`` (each frame labeled) and ``video_finished``; ``shard_finished`` last.
     A shard that an earlier attempt had already written gets ``shard_finished`` only, with
     ``skipped=True``. A video that fails stops its sequence early and finishes with
-    ``failed=True``.
+    ``failed=True``. With ``videos_per_batch`` > 1 several videos are under way at once: each
+    keeps this order, their events interleave, and a video starts when one ends.
     """
 
     def shard_started(self, shard: str) -> None:
@@ -94,6 +99,16 @@ class LabelSettings:
     max_frame_side: int | None = None
     adaptation: Adaptation = Adaptation(steps=0)
     precision: Precision = "fp32"
+    videos_per_batch: int = 1  # videos propagated together (stm_core.batch_propagation)
+
+    def __post_init__(self) -> None:
+        if self.videos_per_batch < 1:
+            raise ValueError(f"videos_per_batch must be >= 1, got {self.videos_per_batch}")
+        if self.videos_per_batch > 1 and self.adaptation.enabled:
+            raise ValueError(
+                "videos_per_batch > 1 needs adaptation off: fine-tuning makes a model per "
+                "video, and the videos of a batch share one model"
+            )
 
 
 @dataclass(frozen=True)
@@ -125,7 +140,11 @@ def label_shard(
     events: ShardEvents | None = None,
 ) -> ShardSummary:
     """Label ``tasks`` and write shard ``shard`` of run ``settings.run_id``, telling ``events``
-    how it goes."""
+    how it goes.
+
+    With ``settings.videos_per_batch`` > 1 up to that many videos are propagated together
+    (:func:`_label_together`); the shard's rows are the same, in the same order (videos in
+    task order, each video's frames in order), and so are its error rows."""
     start = time.monotonic()
     events = events or ShardEvents()
     if shard in ledger.finished_shards(output_uri, settings.run_id, options):
@@ -133,14 +152,16 @@ def label_shard(
         events.shard_finished(shard, tasks, skipped=True)
         return ShardSummary(shard, 0, 0, 0, 0, 0.0, skipped=True)
     events.shard_started(shard)
+    if settings.videos_per_batch > 1:
+        outcomes = _label_together(model, tasks, settings, options, events)
+    else:
+        outcomes = [_label_alone(model, task, settings, options, events) for task in tasks]
     rows: list[MaskRow] = []
     errors: list[ErrorRow] = []
     frames = 0
-    for task in tasks:
-        events.video_started(task)
-        try:
-            video_rows, n = label_video(model, task, settings, options, events)
-        except _StageError as failure:
+    for task, outcome in zip(tasks, outcomes, strict=True):
+        if outcome.failure is not None:
+            failure = outcome.failure
             errors.append(
                 error_row(
                     settings,
@@ -150,12 +171,9 @@ def label_shard(
                     str(failure.error),
                 )
             )
-            log.warning("video %s failed at %s: %s", task.video_id, failure.stage, failure)
-            events.video_finished(task, failed=True)
             continue
-        events.video_finished(task, failed=False)
-        rows.extend(video_rows)
-        frames += n
+        rows.extend(outcome.rows)
+        frames += outcome.frames
     masks = MASKS.table(rows)
     errors_table = ERRORS.table(errors)
     ledger.write_shard(output_uri, settings.run_id, shard, masks, errors_table, options)
@@ -165,15 +183,166 @@ def label_shard(
     )
 
 
-def label_video(
+@dataclass
+class _Outcome:
+    """One video's share of the shard: its rows and frame count, or why it failed."""
+
+    rows: list[MaskRow]
+    frames: int
+    failure: _StageError | None = None
+
+
+def _label_alone(
     model: STM,
     task: VideoTask,
     settings: LabelSettings,
     options: StorageOptions,
-    events: ShardEvents | None = None,
-) -> tuple[list[MaskRow], int]:
-    """All mask rows of one video, and its frame count."""
-    events = events or ShardEvents()
+    events: ShardEvents,
+) -> _Outcome:
+    events.video_started(task)
+    try:
+        rows, n = label_video(model, task, settings, options, events)
+    except _StageError as failure:
+        return _failed(task, failure, events)
+    events.video_finished(task, failed=False)
+    return _Outcome(rows, n)
+
+
+def _failed(task: VideoTask, failure: _StageError, events: ShardEvents) -> _Outcome:
+    log.warning("video %s failed at %s: %s", task.video_id, failure.stage, failure)
+    events.video_finished(task, failed=True)
+    return _Outcome([], 0, failure)
+
+
+def _label_together(
+    model: STM,
+    tasks: Sequence[VideoTask],
+    settings: LabelSettings,
+    options: StorageOptions,
+    events: ShardEvents,
+) -> list[_Outcome]:
+    """Every task's outcome, in task order, from propagating up to ``videos_per_batch``
+    videos at once (``stm_core.batch_propagation``): each video is read, seeded and turned
+    into rows exactly as :func:`label_video` does, and fails alone with the same stage and
+    error. Videos start in task order as places in the batch free up, so their events
+    interleave (each video's own sequence keeps :class:`ShardEvents`' order)."""
+    outcomes: dict[int, _Outcome] = {}
+    videos: dict[int, _Video] = {}
+
+    def inputs() -> Iterator[VideoInput]:
+        for i, task in enumerate(tasks):
+            events.video_started(task)
+            try:
+                video = _prepare(task, settings, options, events)
+            except _StageError as failure:
+                outcomes[i] = _failed(task, failure, events)
+                continue
+            videos[i] = video
+            yield VideoInput(i, video.frames(settings), video.seeds, video.complete)
+
+    stream = propagate_videos(
+        model,
+        inputs(),
+        settings.videos_per_batch,
+        settings.mem_every,
+        settings.max_memory_frames,
+        settings.precision,
+    )
+    for event in stream:
+        assert isinstance(event.key, int)
+        video = videos[event.key]
+        if isinstance(event, VideoFrame):
+            try:
+                video.rows.extend(video.frame_rows(event.result, settings))
+            except STMLabelError as exc:  # as label_video: the video fails, at its next frame
+                video.stop = exc
+            else:
+                events.frames_done(video.task, 1)
+            continue
+        del videos[event.key]
+        if event.error is None:
+            outcomes[event.key] = _Outcome(video.rows, event.frames)
+            events.video_finished(video.task, failed=False)
+        else:
+            outcomes[event.key] = _failed(video.task, _stage_of(event.error), events)
+    return [outcomes[i] for i in range(len(tasks))]
+
+
+def _stage_of(error: Exception) -> _StageError:
+    """A video's error as :func:`label_video` reports it: frames' failures carry their stage,
+    the model's input errors are the label stage; anything else is not the video's fault."""
+    if isinstance(error, _StageError):
+        return error
+    if isinstance(error, STMLabelError):
+        return _StageError("label", error)
+    raise error
+
+
+@dataclass
+class _Video:
+    """One video read and seeded, ready to propagate (seeds at the working size)."""
+
+    task: VideoTask
+    fs: Any
+    info: VideoInfo
+    scale: FrameScale
+    seeds: dict[int, np.ndarray]
+    native_seeds: dict[int, np.ndarray]
+    all_ids: list[int]
+    complete: set[int]
+    rows: list[MaskRow] = field(default_factory=list)  # the batched path's rows so far
+    stop: Exception | None = None  # the batched path's failure, raised at the next frame
+
+    def frames(self, settings: LabelSettings) -> Iterator[np.ndarray]:
+        """The frames at the working size; failures tagged with their stage."""
+        frames = iter_frames(self.task, self.fs, settings.max_frame_side, self.info.size)
+        for frame in _tagged("decode", frames):
+            yield frame
+            if self.stop is not None:
+                raise self.stop
+
+    def frame_rows(self, out: FrameResult, settings: LabelSettings) -> list[MaskRow]:
+        """One row per object of the video for frame ``out.frame_index``, at the native size;
+        seeds are stored exactly as given."""
+        is_seed = out.frame_index in self.seeds
+        seed_ids = set(np.unique(self.seeds[out.frame_index]).tolist()) - {0} if is_seed else set()
+        labels = out.labels
+        if self.scale.resized:
+            labels = self.scale.to_native(labels)
+            for obj in seed_ids:  # seeds are stored exactly as given, at the native size
+                native = self.native_seeds[out.frame_index] == obj
+                labels[(labels == obj) & ~native] = 0
+                labels[native] = obj
+        scores = _scores(out.probs, out.labels, out.object_ids)
+        name = frame_name(self.task, out.frame_index)
+        height, width = self.info.size
+        rows = []
+        for enc in encode_label_map(labels, self.all_ids):
+            seeded = enc.object_id in seed_ids
+            rows.append(
+                MaskRow(
+                    run_id=settings.run_id,
+                    video_id=self.task.video_id,
+                    frame_index=out.frame_index,
+                    frame_name=name,
+                    object_id=enc.object_id,
+                    height=height,
+                    width=width,
+                    rle=enc.rle,
+                    area=enc.area,
+                    bbox=enc.bbox,
+                    score=1.0 if seeded else scores.get(enc.object_id, 0.0),
+                    is_seed=seeded,
+                    checkpoint_id=settings.checkpoint_id,
+                )
+            )
+        return rows
+
+
+def _prepare(
+    task: VideoTask, settings: LabelSettings, options: StorageOptions, events: ShardEvents
+) -> _Video:
+    """Open ``task``, read its size and seeds (corrections applied, at the working size)."""
     fs, _ = open_fs(task.uri, options)
     info = _staged("read", lambda: probe(task, fs))
     if info.num_frames is not None:  # a video file that states no count: known at its end
@@ -194,55 +363,43 @@ def label_video(
         seeds = {t: scale.to_working(m) for t, m in seeds.items()}
     all_ids = sorted({int(i) for m in seeds.values() for i in np.unique(m) if i})
     complete = complete_correction_frames(task.corrections, all_ids)
+    return _Video(task, fs, info, scale, seeds, native_seeds, all_ids, complete)
+
+
+def label_video(
+    model: STM,
+    task: VideoTask,
+    settings: LabelSettings,
+    options: StorageOptions,
+    events: ShardEvents | None = None,
+) -> tuple[list[MaskRow], int]:
+    """All mask rows of one video, and its frame count."""
+    events = events or ShardEvents()
+    video = _prepare(task, settings, options, events)
     if settings.adaptation.enabled:
         model = _adapted(
-            model, task, fs, settings, info.size, seeds, lambda s, n: events.adapt_step(task, s, n)
+            model,
+            task,
+            video.fs,
+            settings,
+            video.info.size,
+            video.seeds,
+            lambda s, n: events.adapt_step(task, s, n),
         )
-    frames = _tagged("decode", iter_frames(task, fs, settings.max_frame_side, info.size))
     rows: list[MaskRow] = []
-    height, width = info.size
     n = 0
     try:
         outputs = propagate(
             model,
-            frames,
-            seeds,
+            video.frames(settings),
+            video.seeds,
             settings.mem_every,
             settings.max_memory_frames,
-            complete,
+            video.complete,
             precision=settings.precision,
         )
         for out in outputs:
-            is_seed = out.frame_index in seeds
-            seed_ids = set(np.unique(seeds[out.frame_index]).tolist()) - {0} if is_seed else set()
-            labels = out.labels
-            if scale.resized:
-                labels = scale.to_native(labels)
-                for obj in seed_ids:  # seeds are stored exactly as given, at the native size
-                    native = native_seeds[out.frame_index] == obj
-                    labels[(labels == obj) & ~native] = 0
-                    labels[native] = obj
-            scores = _scores(out.probs, out.labels, out.object_ids)
-            name = frame_name(task, out.frame_index)
-            for enc in encode_label_map(labels, all_ids):
-                seeded = enc.object_id in seed_ids
-                rows.append(
-                    MaskRow(
-                        run_id=settings.run_id,
-                        video_id=task.video_id,
-                        frame_index=out.frame_index,
-                        frame_name=name,
-                        object_id=enc.object_id,
-                        height=height,
-                        width=width,
-                        rle=enc.rle,
-                        area=enc.area,
-                        bbox=enc.bbox,
-                        score=1.0 if seeded else scores.get(enc.object_id, 0.0),
-                        is_seed=seeded,
-                        checkpoint_id=settings.checkpoint_id,
-                    )
-                )
+            rows.extend(video.frame_rows(out, settings))
             n += 1
             events.frames_done(task, 1)
     except STMLabelError as exc:  # a _StageError from the frames passes through untouched

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .common import BF16_HELP, StorageOptions, StrictModel
 
@@ -75,6 +75,14 @@ class LabelJobConfig(StrictModel):
         "with native bf16), fp16 (CUDA only); masks and probabilities are float32 either way",
     )
     videos_per_shard: int = Field(4, ge=1)
+    videos_per_batch: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="videos of a shard a worker propagates together through one model (one "
+        "batched network call per step, frames grouped by size); the rows are those of one at "
+        "a time; > 1 needs adaptation off",
+    )
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
     storage: StorageOptions = Field(default_factory=StorageOptions)
 
@@ -87,6 +95,16 @@ class LabelJobConfig(StrictModel):
                 f"got {value!r}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _batching_needs_one_model(self) -> LabelJobConfig:
+        if self.videos_per_batch > 1 and self.adaptation.steps > 0:
+            raise ValueError(
+                f"videos_per_batch {self.videos_per_batch} needs adaptation.steps 0 (got "
+                f"{self.adaptation.steps}): fine-tuning makes a model per video, and the videos "
+                "of a batch share one model; set videos_per_batch: 1 or adaptation.steps: 0"
+            )
+        return self
 
     def public_dump(self) -> dict:
         """The config as JSON-able data without credentials, for run records and logs."""

@@ -19,7 +19,8 @@ from .label_job import RUN_ID_PATTERN, LabelJobConfig
 
 
 class LabelOptions(StrictModel):
-    """How the nightly labeling step runs (the same meaning as in :class:`LabelJobConfig`)."""
+    """How the nightly labeling step runs: each field is the :class:`LabelJobConfig` field of
+    the same name, passed on as it is (a test checks every one exists there)."""
 
     workers: int | None = Field(None, ge=1)
     gpus_per_worker: float = Field(1.0, gt=0, le=8)
@@ -27,7 +28,9 @@ class LabelOptions(StrictModel):
     max_frame_side: int | None = Field(None, ge=32)
     mem_every: int = Field(5, ge=1)
     max_memory_frames: int | None = Field(20, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     videos_per_shard: int = Field(4, ge=1)
+    videos_per_batch: int = Field(1, ge=1, le=64)
 
 
 class SelectionConfig(StrictModel):

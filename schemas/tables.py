@@ -49,6 +49,10 @@ class TableError(ValueError):
         self.problem = problem
         super().__init__(problem if source is None else f"{source}: {problem}")
 
+    def __reduce__(self) -> tuple[type[TableError], tuple[str | None, str]]:
+        # As InputError's: the default reduction cannot rebuild a two-argument error.
+        return type(self), (self.source, self.problem)
+
 
 def _col(name: str, type_: pa.DataType, doc: str, *, nullable: bool = False) -> pa.Field:
     return pa.field(name, type_, nullable=nullable, metadata={"description": doc})

@@ -20,6 +20,12 @@ class InputError(STMLabelError, ValueError):
         self.problem = problem
         super().__init__(problem if source is None else f"{source}: {problem}")
 
+    def __reduce__(self) -> tuple[type[InputError], tuple[str | None, str]]:
+        # The default reduction calls the class with ``self.args`` (the one formatted message),
+        # which this two-argument constructor cannot take: without this, an InputError raised on
+        # a Ray worker reaches the driver as an UnserializableException that has lost its type.
+        return type(self), (self.source, self.problem)
+
 
 class CheckpointError(STMLabelError, ValueError):
     """A checkpoint that cannot be read or does not fit the network."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,8 +90,47 @@ class _Pending:
     pinned: bool
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """One frame's input and decisions, made by :meth:`VideoSession.begin` before any network
+    work; :meth:`VideoSession.finish` acts on them once the frame is segmented."""
+
+    t: int
+    image: torch.Tensor  # 1 x 3 x Hp x Wp, padded
+    seed: np.ndarray | None
+    seed_ids: tuple[int, ...]
+    seed_complete: bool
+    need_segment: bool
+    is_seed_frame: bool
+    is_permanent: bool
+
+
+MemoryGroup = tuple[list[int], torch.Tensor, torch.Tensor]  # object rows, keys, values
+
+
+def compute_context(device: torch.device, dtype: torch.dtype | None) -> ExitStack:
+    """Inference mode plus, for bf16/fp16, autocast to ``dtype``: where the network runs."""
+    stack = ExitStack()
+    stack.enter_context(torch.inference_mode())
+    stack.enter_context(torch.autocast(device.type, dtype=dtype, enabled=dtype is not None))
+    return stack
+
+
+def aggregate(object_probs: torch.Tensor) -> torch.Tensor:
+    """N x Hp x Wp per-object probabilities -> (1 + N) x Hp x Wp frame probabilities."""
+    return F.softmax(soft_aggregate(object_probs), dim=0)
+
+
 class VideoSession:
-    """Per-video state for one STM network (one session per video; the network is shared)."""
+    """Per-video state for one STM network (one session per video; the network is shared).
+
+    :meth:`step` runs one frame. Its stages are public so that
+    :mod:`stm_core.batch_propagation` can run the network for several sessions at once:
+    :meth:`begin` (checks and decisions), :meth:`memory_inputs` / :meth:`store_memory` (the
+    previous frame into memory), :meth:`memory_groups` (what to read) and :meth:`finish`
+    (seeds, the next pending frame, the result). Every stage but :meth:`begin` runs inside
+    :meth:`compute`.
+    """
 
     def __init__(
         self,
@@ -127,45 +167,89 @@ class VideoSession:
         leaves at 0 is background. Otherwise objects not in the seed keep their prediction
         outside the seed's pixels (a seed only says where its own objects are).
         """
+        plan = self.begin(t, frame, seed, seed_complete)
+        with self.compute():
+            self._memorize_pending()
+            probs = self._segment(plan.image) if plan.need_segment else None
+            return self.finish(plan, probs)
+
+    def compute(self) -> ExitStack:
+        return compute_context(self.device, self.dtype)
+
+    def begin(
+        self,
+        t: int,
+        frame: np.ndarray,
+        seed: np.ndarray | None = None,
+        seed_complete: bool = False,
+    ) -> StepPlan:
+        """Check frame ``t`` and its seed (InputError, before any state changes but the
+        video's size on its first frame) and decide what this frame does."""
         self._check_frame(t, frame)
         if seed is not None:
             seed = self._check_seed(t, seed)
-        autocast = torch.autocast(
-            self.device.type, dtype=self.dtype, enabled=self.dtype is not None
-        )
-        with torch.inference_mode(), autocast:
+        with self.compute():
             image = self._to_tensor(frame)
-            # Decide first, then act.
-            seed_ids = _ids_in(seed) if seed is not None else ()
-            need_segment = bool(self.object_ids)
-            if seed_ids and self.first_seed_frame is None:
-                self.first_seed_frame = t
-            is_seed_frame = bool(seed_ids) or (seed is not None and seed_complete)
-            is_permanent = is_seed_frame or (
-                self.first_seed_frame is not None
-                and (t - self.first_seed_frame) % self.mem_every == 0
-            )
+        # Decide first, then act.
+        seed_ids = _ids_in(seed) if seed is not None else ()
+        if seed_ids and self.first_seed_frame is None:
+            self.first_seed_frame = t
+        is_seed_frame = bool(seed_ids) or (seed is not None and seed_complete)
+        is_permanent = is_seed_frame or (
+            self.first_seed_frame is not None and (t - self.first_seed_frame) % self.mem_every == 0
+        )
+        return StepPlan(
+            t,
+            image,
+            seed,
+            seed_ids,
+            seed_complete,
+            need_segment=bool(self.object_ids),
+            is_seed_frame=is_seed_frame,
+            is_permanent=is_permanent,
+        )
 
-            self._memorize_pending()
-            probs = self._segment(image) if need_segment else self._background(image)
-            if is_seed_frame:
-                probs = self._apply_seed(t, probs, seed, seed_ids, seed_complete)
-            # The padding border holds no object: memory is encoded from zero-padded masks, as
-            # the release does (it crops its probabilities and pads them again with zeros).
-            probs = F.pad(unpad(probs, self._pad), self._pad)
-            if self.object_ids:
-                self._pending = _Pending(
-                    t, image, probs, self.object_ids, is_permanent, pinned=is_seed_frame
-                )
-            return self._result(t, probs)
+    def finish(self, plan: StepPlan, probs: torch.Tensor | None) -> FrameResult:
+        """The frame's result from its segmentation ``probs`` ((1 + N) x Hp x Wp, from
+        :func:`aggregate`; None when ``plan.need_segment`` is false), its seed applied; the
+        frame becomes the pending memory entry."""
+        if probs is None:
+            probs = self._background(plan.image)
+        if plan.is_seed_frame:
+            assert plan.seed is not None
+            probs = self._apply_seed(plan.t, probs, plan.seed, plan.seed_ids, plan.seed_complete)
+        # The padding border holds no object: memory is encoded from zero-padded masks, as
+        # the release does (it crops its probabilities and pads them again with zeros).
+        probs = F.pad(unpad(probs, self._pad), self._pad)
+        if self.object_ids:
+            self._pending = _Pending(
+                plan.t,
+                plan.image,
+                probs,
+                self.object_ids,
+                plan.is_permanent,
+                pinned=plan.is_seed_frame,
+            )
+        return self._result(plan.t, probs)
 
     # -- memory ---------------------------------------------------------------------------
     def _memorize_pending(self) -> None:
+        inputs = self.memory_inputs()
+        if inputs is not None:
+            self.store_memory(*self.model.encode_memory(*inputs))
+
+    def memory_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The memory encoder's input for the pending frame (None when there is none): the
+        frame 1 x 3 x Hp x Wp, each object's mask and the union of the others', N x Hp x Wp."""
+        if self._pending is None:
+            return None
+        masks = self._pending.probs[1:]
+        return self._pending.image, masks, others_mask(masks)
+
+    def store_memory(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Add the pending frame's encoding (keys N x (h*w) x Ck, values N x (h*w) x Cv)."""
         p = self._pending
-        if p is None:
-            return
-        masks = p.probs[1:]
-        keys, values = self.model.encode_memory(p.image, masks, others_mask(masks))
+        assert p is not None
         entry = MemoryEntry(p.frame_index, p.object_ids, keys, values, pinned=p.pinned)
         self.bank.add(entry, permanent=p.permanent)
         self._pending = None
@@ -175,18 +259,22 @@ class VideoSession:
         """Probabilities (1 + N) x Hp x Wp of the known objects on this frame."""
         query = self.model.encode_query(image)
         object_probs = torch.empty((len(self.object_ids), *image.shape[-2:]), device=self.device)
-        for since, group in self._groups():
-            keys, values = self.bank.read(group, since)
-            rows = [self.object_ids.index(o) for o in group]
+        for rows, keys, values in self.memory_groups():
             object_probs[rows] = self.model.segment(query, keys, values).float()
-        return F.softmax(soft_aggregate(object_probs), dim=0)
+        return aggregate(object_probs)
 
-    def _groups(self) -> list[tuple[int, tuple[int, ...]]]:
-        """Objects that joined on the same frame share the same memory frames: one batch each."""
+    def memory_groups(self) -> Iterator[MemoryGroup]:
+        """Objects that joined on the same frame share the same memory frames: one read each.
+
+        Yields the group's rows in ``object_ids`` and its memory (keys N x M x Ck, values
+        N x M x Cv: views into the bank, valid until the next :meth:`store_memory`)."""
         by_frame: dict[int, list[int]] = {}
         for o in self.object_ids:
             by_frame.setdefault(self.joined_on[o], []).append(o)
-        return [(since, tuple(ids)) for since, ids in sorted(by_frame.items())]
+        for since, ids in sorted(by_frame.items()):
+            group = tuple(ids)
+            keys, values = self.bank.read(group, since)
+            yield [self.object_ids.index(o) for o in group], keys, values
 
     def _background(self, image: torch.Tensor) -> torch.Tensor:
         return torch.ones((1, *image.shape[-2:]), device=self.device)
@@ -290,17 +378,27 @@ def propagate(
     ``precision``: fp32 (default, the release's arithmetic), bf16 or fp16 (see the module
     docstring). The model stays on its own device; the caller picks it (``stm_core.load_model``).
     """
-    if not seeds:
-        raise InputError(None, "no seed masks: at least one frame needs a seed")
-    bad = [k for k in seeds if not isinstance(k, int | np.integer) or k < 0]
-    if bad:
-        raise InputError(None, f"seed frame indices must be non-negative integers, got {bad}")
+    check_seed_frames(seeds)
     session = VideoSession(model, mem_every, max_memory_frames, precision)
     complete = set(complete_seeds)
     count = 0
     for t, frame in enumerate(frames):
         yield session.step(t, frame, seeds.get(t), t in complete)
         count = t + 1
+    check_seeds_within(seeds, count)
+
+
+def check_seed_frames(seeds: Mapping[int, np.ndarray]) -> None:
+    """InputError unless there is a seed and every seed's frame index is a non-negative int."""
+    if not seeds:
+        raise InputError(None, "no seed masks: at least one frame needs a seed")
+    bad = [k for k in seeds if not isinstance(k, int | np.integer) or k < 0]
+    if bad:
+        raise InputError(None, f"seed frame indices must be non-negative integers, got {bad}")
+
+
+def check_seeds_within(seeds: Mapping[int, np.ndarray], count: int) -> None:
+    """InputError if a seed is for a frame past the end of a video of ``count`` frames."""
     beyond = sorted(k for k in seeds if k >= count)
     if beyond:
         raise InputError(None, f"seeds for frames {beyond} but the video has only {count} frames")

@@ -187,7 +187,6 @@ def _label(
     if not record.label_run_id:
         log.info("nightly %s: every video's labels are current; nothing to label", record.run_id)
         return
-    label = config.label
     job = LabelJobConfig(
         corpus_uri=config.corpus_uri,
         seeds_uri=config.seeds_uri,
@@ -197,14 +196,8 @@ def _label(
         checkpoint_uri=record.parent_uri,
         video_ids=record.label_video_ids,
         corrections_uri=layout.corrections_dir,
-        workers=label.workers,
-        gpus_per_worker=label.gpus_per_worker,
-        cpu_threads_per_worker=label.cpu_threads_per_worker,
-        max_frame_side=label.max_frame_side,
-        mem_every=label.mem_every,
-        max_memory_frames=label.max_memory_frames,
-        videos_per_shard=label.videos_per_shard,
         storage=config.storage,
+        **config.label.model_dump(),
     )
     inputs = resolve_label_inputs(job)
     summary = run_label_job(job, progress, inputs.checkpoint, inputs.corrections)

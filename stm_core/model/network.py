@@ -24,7 +24,7 @@ from .trunks import TrunkSpec, trunk_spec
 
 @dataclass
 class QueryFeatures:
-    """One frame's query encoding, shared by every object segmented on it.
+    """One frame's query encoding, shared by every object segmented on it (or B frames').
 
     ``key``: 1 x (h*w) x Ck tokens; ``value``: 1 x Cv x h x w; ``f8``, ``f4``: decoder skips;
     h x w is the padded frame size / 16.
@@ -34,6 +34,11 @@ class QueryFeatures:
     value: torch.Tensor
     f8: torch.Tensor
     f4: torch.Tensor
+
+    def row(self, i: int) -> QueryFeatures:
+        """Frame ``i`` of a batch of frames encoded together, as a batch of 1 (views)."""
+        pick = slice(i, i + 1)
+        return QueryFeatures(self.key[pick], self.value[pick], self.f8[pick], self.f4[pick])
 
 
 class STM(nn.Module):
@@ -76,17 +81,34 @@ class STM(nn.Module):
     def segment(
         self, query: QueryFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor
     ) -> torch.Tensor:
-        """Foreground probability of N objects on one frame.
+        """Foreground probability of N objects on one frame: :meth:`read` then :meth:`decode`.
 
         ``memory_keys``: N x M x Ck and ``memory_values``: N x M x Cv (M = T*h*w), one row per
         object; ``query`` of batch 1 (shared by the objects) or N -> N x H x W probabilities.
+        """
+        fused = self.read(query, memory_keys, memory_values)
+        n = fused.shape[0]
+        return self.decode(fused, _per_object(query.f8, n), _per_object(query.f4, n))
+
+    def read(
+        self, query: QueryFeatures, memory_keys: torch.Tensor, memory_values: torch.Tensor
+    ) -> torch.Tensor:
+        """The memory readout of N objects concatenated with the query value (readout first).
+
+        Shapes as in :meth:`segment` -> N x 2Cv x h x w, the decoder's input. Separate from
+        :meth:`decode` so that objects of several videos, each read against its own memory,
+        can be decoded in one batch (``stm_core.batch_propagation``).
         """
         n = memory_keys.shape[0]
         readout = read_memory(memory_keys, memory_values, _per_object(query.key, n))
         h, w = query.value.shape[-2:]
         readout = readout.transpose(1, 2).reshape(n, -1, h, w)  # N x Cv x h x w
-        fused = torch.cat([readout, _per_object(query.value, n)], dim=1)
-        logits = self.Decoder(fused, _per_object(query.f8, n), _per_object(query.f4, n))
+        return torch.cat([readout, _per_object(query.value, n)], dim=1)
+
+    def decode(self, fused: torch.Tensor, f8: torch.Tensor, f4: torch.Tensor) -> torch.Tensor:
+        """``fused``: B x 2Cv x h x w (from :meth:`read`), ``f8`` / ``f4``: each row's query
+        skips, B x C x H/8 x W/8 and B x C x H/4 x W/4 -> B x H x W foreground probabilities."""
+        logits = self.Decoder(fused, f8, f4)
         return F.softmax(logits, dim=1)[:, 1]
 
 

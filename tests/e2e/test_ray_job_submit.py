@@ -1,16 +1,23 @@
-"""The labeling job as a user runs it: ``ray start --head``, then ``ray job submit --working-dir
-<repo> -- python jobs/label_corpus.py --config job.yaml``, with the corpus, the checkpoint and the
-output on S3 (a moto server on loopback, started here).
+"""The labeling job as a user runs it: the README's cluster commands (the fenced block after the
+``<!-- ray-cluster:`` marker), run as written, with the corpus, the checkpoint and the output on
+S3 (a moto server on loopback, started here).
+
+The block is read from the README each time, so the README cannot drift from what is tested:
+``export`` lines set the environment of every later command, ``ray get-auth-token ...`` runs in
+bash as written, ``ray start --head ...`` starts the cluster and ``ray job submit ...`` (the last
+line) submits the job. A line of any other kind fails the test instead of being run (``ray
+stop`` above all: it stops every Ray process on the machine). What the test changes, and only
+that: its own ``HOME`` (so the token the README's line creates is the test's, not the user's
+``~/.ray/auth_token``); options added to ``ray start --head`` that keep it apart from other Ray
+on this machine (free ports, its own temp dir, 2 CPUs, ``--block`` so that stopping it is a
+SIGTERM to the one process started here); ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` so the cluster
+listens on 127.0.0.1 only; and in the submit line the README's placeholders: the dashboard port
+8265 and the config ``job.yaml``.
 
 What this adds over tests/integration: the entrypoint script runs in a job driver that Ray
-starts from an uploaded copy of the repository, joins the cluster through ``RAY_ADDRESS``, and
-reports success through its exit code; the tables it leaves on S3 are complete.
-
-The cluster runs with ``RAY_AUTH_MODE=disabled`` for both ``ray start`` and the job client (a
-token-auth cluster rejects a client that is not told to use the token), in its own temp dir
-(so ``ray_current_cluster`` of other clusters on this machine is left alone), and with
-``--block``: stopping it is a SIGTERM to the one process this test started, which takes down
-its own Ray processes only. ``ray stop`` is not used: it stops every Ray process on the machine.
+starts from an uploaded copy of the repository, joins the cluster through ``RAY_ADDRESS`` with
+the cluster's token, and reports success through its exit code; the tables it leaves on S3 are
+complete; and a client without the token is refused, as the README says.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -25,8 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -45,9 +53,14 @@ from integration.corpus_factory import (
 )
 
 from pipeline import ledger
+from pipeline.ray_connect import SINGLE_MACHINE_ENV
 from schemas.common import StorageOptions
 
 REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
+MARKER = "<!-- ray-cluster:"
+DASHBOARD_PORT = "8265"  # placeholders of the README's submit line
+JOB_CONFIG = "job.yaml"
 RAY = Path(sys.executable).with_name("ray")  # the venv's CLI, next to its python
 FAKE_AWS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -64,6 +77,47 @@ RUN_ID = "e2e-1"
 VIDEOS = {"walk": (5, (1, 2)), "clips/run.mp4": (5, (1,))}
 
 
+def readme_block() -> list[str]:
+    """The command lines of the README's fenced block after the marker (no blank lines)."""
+    text = README.read_text()
+    assert MARKER in text, f"README.md has no {MARKER} block"
+    after = text.split(MARKER, 1)[1]
+    block = after.split("```bash\n", 1)[1].split("\n```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class ReadmeCommands:
+    exports: dict[str, str]  # from ``export NAME=VALUE`` lines
+    setup: list[str]  # lines run by bash as written, before the cluster starts
+    start: list[str]  # ``ray start --head ...``, split
+    submit: list[str]  # ``ray job submit ...``, split, placeholders still in
+
+
+def parse_readme_commands(lines: list[str]) -> ReadmeCommands:
+    exports: dict[str, str] = {}
+    setup: list[str] = []
+    start: list[str] | None = None
+    submit: list[str] | None = None
+    for line in lines:
+        words = shlex.split(line, comments=True)
+        assert submit is None, f"README: nothing may follow the submit line: {line}"
+        if not words:
+            continue
+        if words[0] == "export" and start is None:
+            exports.update(word.split("=", 1) for word in words[1:])
+        elif words[:2] == ["ray", "get-auth-token"] and start is None:
+            setup.append(line)
+        elif words[:3] == ["ray", "start", "--head"] and start is None:
+            start = words
+        elif words[:3] == ["ray", "job", "submit"] and start is not None:
+            submit = words
+        else:
+            pytest.fail(f"README line the e2e test does not know how to run: {line}")
+    assert start and submit, "README: the block needs a `ray start --head` and a submit line"
+    return ReadmeCommands(exports, setup, start, submit)
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct TCP ports on 127.0.0.1 that nothing listens on right now."""
     with ExitStack() as stack:
@@ -73,12 +127,14 @@ def free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in sockets]
 
 
-def ray_env() -> dict[str, str]:
-    """The environment of every Ray CLI call: no auth, the venv first on PATH (the job's
-    ``python``), fake AWS credentials, and no pointer to any other cluster."""
+def base_env(home: Path) -> dict[str, str]:
+    """The environment the README's commands start from: a private ``HOME``, no Ray setting
+    and no pointer to any other cluster, the venv first on PATH (``ray`` and the job's
+    ``python``), fake AWS credentials, and Ray's single-machine mode (loopback only)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AWS_"))}
     env.update(FAKE_AWS)
-    env["RAY_AUTH_MODE"] = "disabled"
+    env["HOME"] = str(home)
+    env[SINGLE_MACHINE_ENV] = "0"
     env["PATH"] = os.pathsep.join([str(RAY.parent), env.get("PATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -87,7 +143,10 @@ def ray_env() -> dict[str, str]:
 @dataclass(frozen=True)
 class Cluster:
     address: str  # the dashboard / job API, http://127.0.0.1:<port>
+    port: int  # its port
     log: Path  # output of `ray start`
+    env: dict[str, str]  # of every command after the README's exports
+    submit: list[str]  # the README's submit line, split
 
 
 def _wait_until_ok(url: str, what: str, process: subprocess.Popen, log: Path) -> None:
@@ -110,8 +169,8 @@ def _wait_for_cluster(address: str, agent_port: int, process: subprocess.Popen, 
     head node's dashboard agent and gives up after 10 s ("No available agent to submit job"),
     and on a loaded machine the agent comes up well after the dashboard. The agent registers
     itself right after its HTTP server starts, so its health endpoint answering means a
-    submission will find it."""
-    _wait_until_ok(f"{address}/api/version", "the dashboard", process, log)
+    submission will find it. (Health endpoints answer without a token.)"""
+    _wait_until_ok(f"{address}/api/gcs_healthz", "the dashboard", process, log)
     _wait_until_ok(
         f"http://127.0.0.1:{agent_port}/api/healthz", "the dashboard agent", process, log
     )
@@ -137,18 +196,24 @@ def _stop(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory) -> Iterator[Cluster]:
+    """The README's block up to ``ray start --head``; the submit line is the tests'."""
+    commands = parse_readme_commands(readme_block())
+    home = tmp_path_factory.mktemp("home")
+    env = {**base_env(home), **commands.exports}
+    for line in commands.setup:
+        done = subprocess.run(
+            ["bash", "-c", line], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, f"{line}: {done.stderr[-3000:]}"  # stdout: the token
     gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics, node, objects = free_ports(9)
     temp_dir = tempfile.mkdtemp(prefix="raye2e", dir="/tmp")  # short: socket paths are limited
     log = tmp_path_factory.mktemp("ray") / "ray-start.log"
     command = [
         str(RAY),
-        "start",
-        "--head",
+        *commands.start[1:],
         "--block",
-        "--node-ip-address=127.0.0.1",
         f"--port={gcs}",
         "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}",
         f"--ray-client-server-port={client}",
         f"--dashboard-agent-listen-port={agent}",
@@ -165,11 +230,11 @@ def ray_cluster(tmp_path_factory) -> Iterator[Cluster]:
     address = f"http://127.0.0.1:{dashboard}"
     with log.open("w") as out:
         process = subprocess.Popen(
-            command, env=ray_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         _wait_for_cluster(address, agent, process, log)
-        yield Cluster(address, log)
+        yield Cluster(address, dashboard, log, env, commands.submit)
     finally:
         _stop(process)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -213,45 +278,39 @@ def plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-def ray_cli(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+def run(cluster: Cluster, command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(RAY), *args],
-        env=ray_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        command, env=cluster.env, cwd=REPO, capture_output=True, text=True, timeout=timeout
     )
 
 
+def submit_line(cluster: Cluster, job_yaml: Path) -> list[str]:
+    """The README's submit line with its placeholders filled in: each is there exactly once."""
+    words = [str(RAY), *cluster.submit[1:]]
+    ports = [i for i, word in enumerate(words) if f":{DASHBOARD_PORT}" in word]
+    configs = [i for i, word in enumerate(words) if word == JOB_CONFIG]
+    assert len(ports) == 1 and len(configs) == 1, f"README submit line: {cluster.submit}"
+    words[ports[0]] = words[ports[0]].replace(f":{DASHBOARD_PORT}", f":{cluster.port}")
+    words[configs[0]] = str(job_yaml)
+    return words
+
+
 def submit(cluster: Cluster, job_yaml: Path) -> tuple[str, str]:
-    """``ray job submit`` (blocking) of the labeling job with the repository as working dir;
-    returns the submission id and the client's output (the driver's log, then the outcome).
+    """The README's ``ray job submit`` (blocking) of the labeling job; returns the submission id
+    (from the client's output) and that output (the driver's log, then the outcome).
 
     A refusal because the head found no agent ("please try again later": nothing was submitted)
     is retried a few times, as its message asks; any other outcome is returned as it is."""
+    command = submit_line(cluster, job_yaml)
     for attempt in range(SUBMIT_ATTEMPTS):
-        submission = f"label-e2e-{uuid.uuid4().hex[:8]}"
-        done = ray_cli(
-            "job",
-            "submit",
-            "--address",
-            cluster.address,
-            "--working-dir",
-            str(REPO),
-            "--submission-id",
-            submission,
-            "--",
-            "python",
-            "jobs/label_corpus.py",
-            "--config",
-            str(job_yaml),
-            timeout=JOB_TIMEOUT_S,
-        )
+        done = run(cluster, command, timeout=JOB_TIMEOUT_S)
         text = plain(done.stdout + done.stderr)
         if NO_AGENT not in text or attempt == SUBMIT_ATTEMPTS - 1:
             break
         time.sleep(5.0)
+    match = re.search(r"Job '(\w+)' submitted successfully", text)
+    assert match, text[-6000:]
+    submission = match.group(1)
     failed = f"Job '{submission}' failed" in text
     assert (done.returncode != 0) == failed, text[-6000:]  # the exit code tells the outcome
     return submission, text
@@ -259,10 +318,28 @@ def submit(cluster: Cluster, job_yaml: Path) -> tuple[str, str]:
 
 def job_status(cluster: Cluster, submission: str) -> str:
     """``succeeded`` / ``failed`` / ... as ``ray job status`` reports it."""
-    done = ray_cli("job", "status", "--address", cluster.address, submission, timeout=60)
+    command = [str(RAY), "job", "status", "--address", cluster.address, submission]
+    done = run(cluster, command, timeout=60)
     match = re.search(rf"Job '{re.escape(submission)}' (\w+)", plain(done.stdout + done.stderr))
     assert match, done.stdout + done.stderr
     return match.group(1)
+
+
+def test_a_readme_line_of_another_kind_fails_instead_of_running() -> None:
+    """The README's block as it is parses; with a ``ray stop`` in it, the test fails before
+    anything runs."""
+    lines = readme_block()
+    parse_readme_commands(lines)
+    with pytest.raises(pytest.fail.Exception, match="does not know how to run: ray stop"):
+        parse_readme_commands([*lines[:-1], "ray stop", lines[-1]])
+
+
+def test_a_client_without_the_token_is_refused(ray_cluster: Cluster) -> None:
+    """What the README warns about: the job API answers 401 "Missing authentication token"."""
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{ray_cluster.address}/api/version", timeout=30)
+    assert refused.value.code == 401
+    assert "Missing authentication token" in refused.value.read().decode()
 
 
 def test_label_job_via_ray_job_submit(ray_cluster: Cluster, s3: S3, tmp_path: Path) -> None:

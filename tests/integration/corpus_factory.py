@@ -24,106 +24,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
-from pycocotools import mask as coco_mask
 
+from pipeline.toy_corpus import (  # noqa: F401  (re-exported for the tests)
+    SyntheticVideo,
+    encode_mp4,
+    rle,
+    seed_rows,
+    synthetic_video,
+)
 from schemas.tables import SEEDS, SeedRow
 
 Size = tuple[int, int]  # (height, width) in pixels
 FRAME_SIZE: Size = (48, 64)
 DAVIS_FRAMES = "JPEGImages/480p"
-FPS = 10
-
-
-@dataclass(frozen=True)
-class SyntheticVideo:
-    """``frames``: T arrays of H x W x 3 uint8 RGB; ``labels``: the T true label maps (H x W
-    uint8, 0 = background, k = object k) the seeds are cut from."""
-
-    frames: list[np.ndarray]
-    labels: list[np.ndarray]
-
-    @property
-    def size(self) -> Size:
-        return self.labels[0].shape[0], self.labels[0].shape[1]
-
-
-def synthetic_video(
-    seed: int,
-    num_frames: int = 6,
-    size: Size = FRAME_SIZE,
-    objects: int = 2,
-    enters: dict[int, int] | None = None,
-) -> SyntheticVideo:
-    """Coloured rectangles drifting over a smooth noisy background.
-
-    Object k (1..``objects``) is a rectangle of its own colour that moves a few pixels per frame;
-    ``enters`` maps an object id to the first frame it is visible on (default: frame 0), so a
-    video can have an object that appears later (and whose rows before that have area 0).
-    """
-    rng = np.random.default_rng(seed)
-    height, width = size
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack(
-        [40 + 60 * yy / height, 50 + 50 * xx / width, 90 + 0 * xx], axis=-1
-    ) + rng.normal(0, 6, (height, width, 3))
-    enters = enters or {}
-    boxes = []
-    for _ in range(objects):
-        h, w = (
-            int(rng.integers(height // 5, height // 3)),
-            int(rng.integers(width // 6, width // 3)),
-        )
-        y, x = int(rng.integers(0, height - h)), int(rng.integers(0, width - w))
-        dy, dx = (int(v) for v in rng.integers(-2, 3, 2))
-        colour = rng.integers(120, 255, 3)
-        boxes.append((y, x, h, w, dy, dx, colour))
-    frames, labels = [], []
-    for t in range(num_frames):
-        image = base.copy()
-        label = np.zeros(size, np.uint8)
-        for k, (y, x, h, w, dy, dx, colour) in enumerate(boxes, start=1):
-            if t < enters.get(k, 0):
-                continue
-            top = int(np.clip(y + dy * t, 0, height - h))
-            left = int(np.clip(x + dx * t, 0, width - w))
-            image[top : top + h, left : left + w] = colour
-            label[top : top + h, left : left + w] = k
-        frames.append(np.clip(image, 0, 255).astype(np.uint8))
-        labels.append(label)
-    return SyntheticVideo(frames, labels)
-
-
-def encode_mp4(path: Path, frames: Sequence[np.ndarray], faststart: bool = False) -> Path:
-    """``frames`` as a libx264 yuv420p mp4 at ``path`` (H and W must be even). ``faststart``
-    puts the index (moov) first, so a truncated copy still decodes its first frames."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames[0].shape[:2] if frames else FRAME_SIZE
-    options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream("libx264", rate=FPS)
-        stream.height, stream.width = height, width
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def rle(mask: np.ndarray) -> bytes:
-    """COCO compressed RLE counts of a 2-D mask (pycocotools, independent of pipeline.rle)."""
-    return coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
-
-
-def seed_rows(video_id: str, frame_index: int, labels: np.ndarray) -> list[SeedRow]:
-    """One seed row per object present in the label map ``labels`` (H x W uint8)."""
-    height, width = labels.shape
-    return [
-        SeedRow(video_id, frame_index, int(k), height, width, rle(labels == k))
-        for k in np.unique(labels)
-        if k
-    ]
 
 
 @dataclass

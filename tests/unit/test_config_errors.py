@@ -100,3 +100,15 @@ def test_the_job_precision_is_one_of_three_modes(tmp_path):
     assert config.precision == "bf16"
     with pytest.raises(ConfigError, match="precision: Input should be 'fp32', 'bf16' or 'fp16'"):
         load_config(LabelJobConfig, write(tmp_path, {**base, "precision": "int8"}))
+
+
+def test_the_nightly_label_options_are_job_fields_with_the_jobs_defaults():
+    """The nightly label step passes its options on as job fields by name: each must be a job
+    field, with the job's default, so a nightly run labels as the same job config would."""
+    from schemas.nightly import LabelOptions
+
+    job_fields = LabelJobConfig.model_fields
+    for name, field in LabelOptions.model_fields.items():
+        assert name in job_fields, name
+        assert field.default == job_fields[name].default, name
+    assert {"precision", "videos_per_batch"} <= set(LabelOptions.model_fields)

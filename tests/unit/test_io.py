@@ -234,3 +234,20 @@ def test_read_annotations_errors(tmp_path: Path) -> None:
     (tmp_path / "empty" / "notes.txt").write_text("no masks here")
     with pytest.raises(InputError, match=r"no masks \(\*\.png\)"):
         read_annotations(tmp_path / "empty")
+
+
+def test_input_errors_survive_pickling() -> None:
+    """Ray ships a worker's exception to the driver by pickling it: the type, the file and the
+    problem must all arrive."""
+    import pickle
+
+    from schemas.tables import TableError
+
+    for error in (
+        InputError("corpus/00003.jpg", "is not a readable image"),
+        InputError(None, "no source"),
+        TableError("masks.parquet", "column 'rle' is missing"),
+    ):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert (copy.source, copy.problem, str(copy)) == (error.source, error.problem, str(error))
