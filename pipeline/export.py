@@ -62,15 +62,13 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
-from schemas.common import StorageOptions
 from schemas.tables import SCHEMA_VERSION
 from stm_core.errors import InputError
 from stm_core.io import write_mask
 
-from .corpus import VIDEO_SUFFIXES, VideoTask, discover, iter_frames
+from .corpus import VIDEO_SUFFIXES
 from .corpus.frames import FILE_FRAME_DIGITS
-from .run_reader import LabelRun, VideoMasks
-from .storage import open_fs
+from .run_reader import LabelRun, RunCorpus, VideoMasks
 
 __all__ = [
     "DAVIS_FRAME_DIGITS",
@@ -157,7 +155,7 @@ def export_run(
     }
     corpus = None
     if with_frames:
-        corpus = _CorpusReader.of_run(run)
+        corpus = RunCorpus.of_run(run)
         for video_id in ids:
             corpus.task(video_id)  # every video's frames are listed before a file is written
     return export_coco(videos, out_dir, info, corpus=corpus, frame_digits=frame_digits)
@@ -274,49 +272,6 @@ def export_davis(
 # --- frames from the corpus -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _CorpusReader:
-    """The run's corpus, listed once: its tasks by video id and the options to read them."""
-
-    corpus_uri: str
-    tasks: dict[str, VideoTask]
-    why_missing: dict[str | None, str]
-    options: StorageOptions
-
-    @classmethod
-    def of_run(cls, run: LabelRun) -> _CorpusReader:
-        """Discover the corpus named in the run record, with the store settings of
-        :meth:`LabelRun.corpus_options` (as ``stm-label preview`` reads it)."""
-        config = run.config
-        corpus_uri = config.get("corpus_uri")
-        if not corpus_uri:
-            raise InputError(run.layout.record_uri, "run config has no corpus_uri")
-        options = run.corpus_options()
-        found = discover(
-            corpus_uri, options, config.get("seeds_uri"), config.get("seeds_format") or "auto"
-        )
-        why = {e.video_id: e.message for e in reversed(found.errors)}
-        return cls(corpus_uri, {t.video_id: t for t in found.tasks}, why, options)
-
-    def task(self, video_id: str) -> VideoTask:
-        """The corpus's task of ``video_id``; InputError saying why when it is not listed."""
-        task = self.tasks.get(video_id)
-        if task is None:
-            why = self.why_missing.get(video_id) or self.why_missing.get(None)
-            raise InputError(
-                self.corpus_uri,
-                f"cannot read the frames of video {video_id!r}: the corpus no longer lists it"
-                + (f" ({why})" if why else ""),
-            )
-        return task
-
-    def frames(self, video: VideoMasks) -> Iterator[np.ndarray]:
-        """``video``'s frames at their native size (the masks' size), streamed."""
-        task = self.task(video.video_id)
-        fs, _ = open_fs(task.uri, self.options)
-        return iter_frames(task, fs, expected_size=(video.height, video.width))
-
-
 def _write_jpeg(path: Path, rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -406,7 +361,7 @@ def export_coco(
     out_dir: str | Path,
     info: dict[str, Any] | None = None,
     *,
-    corpus: _CorpusReader | None = None,
+    corpus: RunCorpus | None = None,
     frame_digits: int = DAVIS_FRAME_DIGITS,
 ) -> ExportSummary:
     """Write ``out_dir/instances.json`` (see the module docstring), streamed; with ``corpus``,
@@ -455,7 +410,7 @@ def export_coco(
 class _CocoWriter:
     """Adds one video at a time to the images and annotations arrays (and writes its frames)."""
 
-    def __init__(self, out: Path, corpus: _CorpusReader | None, frame_digits: int) -> None:
+    def __init__(self, out: Path, corpus: RunCorpus | None, frame_digits: int) -> None:
         self.out = out
         self.corpus = corpus
         self.frame_digits = frame_digits
@@ -474,7 +429,11 @@ class _CocoWriter:
                 "length": video.num_frames,
             }
         )
-        pump = None if self.corpus is None else _FramePump(video, self.corpus.frames(video))
+        pump = (
+            None
+            if self.corpus is None
+            else _FramePump(video, self.corpus.frames(video.video_id, (video.height, video.width)))
+        )
         folder = davis_folder(FRAMES_DIR, video.video_id).as_posix()
         name_of = _frame_namer(video, self.frame_digits)
         try:

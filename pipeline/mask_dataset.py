@@ -75,8 +75,8 @@ from schemas.common import StorageOptions
 from stm_core.codec import decode_frame, image_size, size_text
 from stm_core.errors import InputError
 
-from .corpus import VideoTask, discover, fingerprint, frame_name, iter_frames
-from .run_reader import LabelRun, UnknownVideoError, VideoMasks, open_run
+from .corpus import VideoTask, frame_name, iter_frames
+from .run_reader import LabelRun, RunCorpus, UnknownVideoError, VideoMasks, open_run
 from .storage import fs_path, open_fs
 
 if TYPE_CHECKING:
@@ -178,37 +178,8 @@ def _corpus_tasks(run: LabelRun, video_ids: Sequence[str]) -> dict[str, VideoTas
     have been re-encoded in place, which is fine, or replaced, which the size and name checks
     of :class:`_FrameReader` catch).
     """
-    config = run.config
-    corpus_uri = config.get("corpus_uri")
-    if not corpus_uri:
-        raise InputError(run.layout.record_uri, "run config has no corpus_uri")
-    found = discover(
-        corpus_uri,
-        run.corpus_options(),
-        config.get("seeds_uri"),
-        config.get("seeds_format") or "auto",
-    )
-    listed = {t.video_id: t for t in found.tasks}
-    tasks = {}
-    for video_id in video_ids:
-        if video_id not in listed:
-            why = [e.message for e in found.errors if e.video_id in (video_id, None)]
-            raise InputError(
-                corpus_uri,
-                f"cannot read the frames of video {video_id!r}: the corpus no longer lists it"
-                + (f" ({why[0]})" if why else ""),
-            )
-        task = listed[video_id]
-        recorded = run.plan.fingerprints.get(video_id) if run.plan else None
-        if recorded and recorded != fingerprint(task):
-            logger.warning(
-                "%s: video %r changed since run %s labelled it (its files or sizes differ)",
-                corpus_uri,
-                video_id,
-                run.run_id,
-            )
-        tasks[video_id] = task
-    return tasks
+    corpus = RunCorpus.of_run(run)
+    return {video_id: corpus.task(video_id) for video_id in video_ids}
 
 
 # --- frames ---------------------------------------------------------------------------------

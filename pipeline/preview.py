@@ -42,9 +42,7 @@ from scipy import ndimage
 from stm_core.errors import InputError
 from stm_core.io import DAVIS_PALETTE
 
-from .corpus import discover, iter_frames
-from .run_reader import FrameLabels, LabelRun, VideoMasks
-from .storage import open_fs
+from .run_reader import FrameLabels, LabelRun, RunCorpus, VideoMasks
 
 __all__ = [
     "PREVIEW_SUFFIXES",
@@ -214,28 +212,8 @@ def corpus_frames(run: LabelRun, video_id: str) -> tuple[Iterator[np.ndarray], i
     """The frames of ``video_id`` from the corpus the run labelled (``H x W x 3`` uint8 RGB,
     native size, streamed) and their count when the listing tells it (frame folders; None for
     video files). InputError when the corpus no longer lists the video."""
-    config = run.config
-    corpus_uri = config.get("corpus_uri")
-    if not corpus_uri:
-        raise InputError(run.layout.record_uri, "run config has no corpus_uri")
-    options = run.corpus_options()
-    seeds_format = config.get("seeds_format") or "auto"
-    found = discover(
-        corpus_uri,
-        options,
-        config.get("seeds_uri"),
-        seeds_format,
-    )
-    task = next((t for t in found.tasks if t.video_id == video_id), None)
-    if task is None:
-        why = [e.message for e in found.errors if e.video_id in (video_id, None)]
-        raise InputError(
-            corpus_uri,
-            f"cannot read the frames of video {video_id!r}: the corpus no longer lists it"
-            + (f" ({why[0]})" if why else ""),
-        )
-    fs, _ = open_fs(task.uri, options)
-    return iter_frames(task, fs), task.num_frames
+    corpus = RunCorpus.of_run(run)
+    return corpus.frames(video_id), corpus.task(video_id).num_frames
 
 
 # --- writers --------------------------------------------------------------------------------

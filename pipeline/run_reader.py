@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import ledger, rle, table_io
+from pipeline.corpus import VideoTask, discover, fingerprint, iter_frames
+from pipeline.storage import open_fs
 from schemas.common import StorageOptions
 from schemas.tables import MASKS, RunPlan, TableError
 from stm_core.errors import InputError
@@ -34,6 +36,7 @@ from stm_core.errors import InputError
 __all__ = [
     "FrameLabels",
     "LabelRun",
+    "RunCorpus",
     "RunIncompleteError",
     "RunNotFoundError",
     "UnknownVideoError",
@@ -339,6 +342,73 @@ class LabelRun:
         except FileNotFoundError:
             raise InputError(uri, "masks file vanished while reading the run") from None
         return table
+
+
+@dataclass(frozen=True)
+class RunCorpus:
+    """The corpus a run labelled, listed once: each video's task, why a video is not listed,
+    and the store settings to read it. Export (``--with-frames``), preview and the training
+    datasets read a run's frames through it, so a video that is gone fails the same way in each.
+    """
+
+    corpus_uri: str
+    run_id: str
+    tasks: dict[str, VideoTask]
+    why_missing: dict[str | None, str]  # discovery's message per video (None: the corpus's own)
+    fingerprints: dict[str, str]  # what the run recorded of each video's inputs (its plan)
+    options: StorageOptions
+
+    @classmethod
+    def of_run(cls, run: LabelRun) -> RunCorpus:
+        """Discover the corpus named in the run record, with :meth:`LabelRun.corpus_options`."""
+        config = run.config
+        corpus_uri = config.get("corpus_uri")
+        if not corpus_uri:
+            raise InputError(run.layout.record_uri, "run config has no corpus_uri")
+        options = run.corpus_options()
+        found = discover(
+            corpus_uri, options, config.get("seeds_uri"), config.get("seeds_format") or "auto"
+        )
+        return cls(
+            corpus_uri,
+            run.run_id,
+            {t.video_id: t for t in found.tasks},
+            {e.video_id: e.message for e in reversed(found.errors)},
+            dict(run.plan.fingerprints) if run.plan else {},
+            options,
+        )
+
+    def task(self, video_id: str) -> VideoTask:
+        """The corpus's task of ``video_id``: InputError naming the corpus (with discovery's
+        reason) when it no longer lists the video; a warning when its inputs differ from those
+        the run recorded (re-encoded in place is fine; replaced frames fail the size checks of
+        whoever reads them)."""
+        task = self.tasks.get(video_id)
+        if task is None:
+            why = self.why_missing.get(video_id) or self.why_missing.get(None)
+            raise InputError(
+                self.corpus_uri,
+                f"cannot read the frames of video {video_id!r}: the corpus no longer lists it"
+                + (f" ({why})" if why else ""),
+            )
+        recorded = self.fingerprints.get(video_id)
+        if recorded and recorded != fingerprint(task):
+            logger.warning(
+                "%s: video %r changed since run %s labelled it (its files or sizes differ)",
+                self.corpus_uri,
+                video_id,
+                self.run_id,
+            )
+        return task
+
+    def frames(
+        self, video_id: str, expected_size: tuple[int, int] | None = None
+    ) -> Iterator[np.ndarray]:
+        """``video_id``'s frames at their native size, streamed (``expected_size``: the masks'
+        ``(height, width)``, checked on every frame)."""
+        task = self.task(video_id)
+        fs, _ = open_fs(task.uri, self.options)
+        return iter_frames(task, fs, expected_size=expected_size)
 
 
 def _stem(uri: str) -> str:
