@@ -170,18 +170,6 @@ def _selected_videos(run: LabelRun, wanted: Sequence[str] | None) -> list[str]:
     return list(wanted)
 
 
-def _corpus_tasks(run: LabelRun, video_ids: Sequence[str]) -> dict[str, VideoTask]:
-    """The corpus's task of each of ``video_ids``, from one listing of the run's corpus.
-
-    InputError naming the corpus when it no longer lists one of them (with discovery's reason);
-    a warning when a video's listed inputs differ from those the run recorded (its frames may
-    have been re-encoded in place, which is fine, or replaced, which the size and name checks
-    of :class:`_FrameReader` catch).
-    """
-    corpus = RunCorpus.of_run(run)
-    return {video_id: corpus.task(video_id) for video_id in video_ids}
-
-
 # --- frames ---------------------------------------------------------------------------------
 
 
@@ -320,7 +308,8 @@ def _prepare(
     if not isinstance(run, LabelRun):
         run = open_run(run, options, allow_incomplete=allow_incomplete)
     selected = _selected_videos(run, keep.video_ids)
-    return _Prepared(run, selected, _corpus_tasks(run, selected))
+    corpus = RunCorpus.of_run(run)  # one listing; a changed video is warned about once
+    return _Prepared(run, selected, {video_id: corpus.task(video_id) for video_id in selected})
 
 
 # --- ray.data -------------------------------------------------------------------------------

@@ -213,7 +213,8 @@ def corpus_frames(run: LabelRun, video_id: str) -> tuple[Iterator[np.ndarray], i
     native size, streamed) and their count when the listing tells it (frame folders; None for
     video files). InputError when the corpus no longer lists the video."""
     corpus = RunCorpus.of_run(run)
-    return corpus.frames(video_id), corpus.task(video_id).num_frames
+    task = corpus.task(video_id)
+    return corpus.frames(video_id), task.num_frames
 
 
 # --- writers --------------------------------------------------------------------------------

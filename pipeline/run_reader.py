@@ -383,14 +383,7 @@ class RunCorpus:
         reason) when it no longer lists the video; a warning when its inputs differ from those
         the run recorded (re-encoded in place is fine; replaced frames fail the size checks of
         whoever reads them)."""
-        task = self.tasks.get(video_id)
-        if task is None:
-            why = self.why_missing.get(video_id) or self.why_missing.get(None)
-            raise InputError(
-                self.corpus_uri,
-                f"cannot read the frames of video {video_id!r}: the corpus no longer lists it"
-                + (f" ({why})" if why else ""),
-            )
+        task = self._listed(video_id)
         recorded = self.fingerprints.get(video_id)
         if recorded and recorded != fingerprint(task):
             logger.warning(
@@ -405,10 +398,22 @@ class RunCorpus:
         self, video_id: str, expected_size: tuple[int, int] | None = None
     ) -> Iterator[np.ndarray]:
         """``video_id``'s frames at their native size, streamed (``expected_size``: the masks'
-        ``(height, width)``, checked on every frame)."""
-        task = self.task(video_id)
+        ``(height, width)``, checked on every frame). Callers check the video with
+        :meth:`task` first, which warns once if it changed; this does not warn again."""
+        task = self._listed(video_id)
         fs, _ = open_fs(task.uri, self.options)
         return iter_frames(task, fs, expected_size=expected_size)
+
+    def _listed(self, video_id: str) -> VideoTask:
+        task = self.tasks.get(video_id)
+        if task is None:
+            why = self.why_missing.get(video_id) or self.why_missing.get(None)
+            raise InputError(
+                self.corpus_uri,
+                f"cannot read the frames of video {video_id!r}: the corpus no longer lists it"
+                + (f" ({why})" if why else ""),
+            )
+        return task
 
 
 def _stem(uri: str) -> str:
