@@ -1,15 +1,17 @@
 """What first-frame fine-tuning costs next to the propagation it precedes.
 
-For each of ``--videos`` held-out synthetic videos (432 x 240, 30 frames, 1-3 objects, as in
-the model card's evaluation) it times ``adapt_to_seeds`` with ``--steps`` steps and then
-``propagate`` over the whole video with the adapted copy, both with the shipped model. Reported:
-the median seconds of one adaptation, per adaptation step, and of one whole-video propagation,
-and their ratio. Adaptation costs the same for a 30-frame and a 3,000-frame video; propagation
-grows with the frame count, so the ratio is this video length's.
+For each of ``--videos`` held-out synthetic videos (432 x 240, 30 frames unless ``--frames``
+says otherwise, 1-3 objects, as in the model card's evaluation) it times ``adapt_to_seeds``
+with ``--steps`` steps and then ``propagate`` over the whole video with the adapted copy, both
+with the shipped model (or ``--checkpoint``). Reported: the median seconds of one adaptation,
+per adaptation step, and of one whole-video propagation, and their ratio. Adaptation costs the
+same for a 30-frame and a 3,000-frame video; propagation grows with the frame count, so the
+ratio is this video length's.
 
 Usage, from the repository root: ``python -m benchmarks.bench_adaptation [--steps 30]
-[--crop frame|HxW] [--videos 5] [--threads N] [--out PATH]``. Writes JSON (default
-``benchmarks/results/adaptation.json``) and prints a table.
+[--crop frame|HxW] [--videos 5] [--frames 30] [--threads N] [--checkpoint PATH]
+[--out PATH]``. Writes JSON (default ``benchmarks/results/adaptation.json``) and prints a
+table.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=Adaptation.steps)
     parser.add_argument("--videos", type=int, default=5)
+    parser.add_argument("--frames", type=int, default=30, help="frames per video")
     parser.add_argument("--crop", default="frame", help="clip size: 'frame' or HxW")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: shipped model")
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(checkpoint, device="cpu")
     adaptation = Adaptation(steps=args.steps, crop=parse_crop(args.crop))
     rows, adapt_s, propagate_s = [], [], []
-    for video in heldout_videos(args.videos, 30, seed_base=0):
+    for video in heldout_videos(args.videos, args.frames, seed_base=0):
         seeds = {0: video.masks[0]}
         start = time.perf_counter()
         tuned = adapt_to_seeds(model, {0: video.frames[0]}, seeds, adaptation)
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "checkpoint": checkpoint_identity(checkpoint),
         "adaptation": dataclasses.asdict(adaptation),
-        "frames_per_video": 30,
+        "frames_per_video": args.frames,
         "frame_size": [240, 432],
         "videos": [
             {"name": r[0], "objects": r[1], "adapt_seconds": a, "propagate_seconds": p}
@@ -84,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         "adapt_to_propagate_ratio": median(adapt_s) / median(propagate_s),
     }
     write_json(args.out, result)
-    print(format_table(["video", "objects", "adapt s", "propagate s (30 frames)"], rows))
+    header = ["video", "objects", "adapt s", f"propagate s ({args.frames} frames)"]
+    print(format_table(header, rows))
     print(
         f"median: adaptation {result['median_adapt_seconds']:.2f} s "
         f"({result['median_seconds_per_step']:.3f} s/step), propagation "

@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="fp32", help="autocast mode of propagation"
     )
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=None,
+        help="propagate frames downscaled to this longer side, score at the native size",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model_eval.json"))
     args = parser.parse_args(argv)
     if args.threads:
@@ -80,9 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         "trunk": model.spec.name,
         "adaptation": dataclasses.asdict(adaptation) if adaptation.enabled else None,
         "precision": args.precision,
+        "max_side": args.max_side,
     }
     start = time.monotonic()
-    score = functools.partial(_score_videos, model, adaptation=adaptation, precision=args.precision)
+    settings = {"adaptation": adaptation, "precision": args.precision, "max_side": args.max_side}
+    score = functools.partial(_score_videos, model, **settings)
     if args.heldout:
         videos = heldout_videos(args.heldout, args.frames, seed_base=HELDOUT_SEED_BASE)
         result["heldout_synthetic"] = score(videos, title="held-out synthetic")
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         title = "synthetic videos of the training photos"
         result["seen_photos_synthetic"] = score(videos, title=title)
     if not args.skip_real and args.real.is_dir():
-        result["real"] = _score_root(model, args.real, adaptation, "real clips", args.precision)
+        result["real"] = _score_root(model, args.real, title="real clips", **settings)
     result["seconds"] = time.monotonic() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -101,10 +109,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _score_root(
-    model: STM, root: Path, adaptation: Adaptation, title: str, precision: str = "fp32"
+    model: STM,
+    root: Path,
+    adaptation: Adaptation,
+    title: str,
+    precision: str = "fp32",
+    max_side: int | None = None,
 ) -> dict:
     """J&F of every video under a DAVIS-layout ``root``, printed as a table under ``title``."""
-    scores = evaluate_root(model, root, adaptation=adaptation, precision=precision)
+    scores = evaluate_root(
+        model, root, adaptation=adaptation, precision=precision, max_side=max_side
+    )
     print(f"\n{title} (J, F, J&F in %)")
     print(format_table(scores))
     return scores
@@ -116,12 +131,13 @@ def _score_videos(
     adaptation: Adaptation,
     title: str,
     precision: str = "fp32",
+    max_side: int | None = None,
 ) -> dict:
     """Generated videos are scored through the same DAVIS-layout files as the real clips (JPEG
     frames, PNG masks), so both sets go through the same reading code."""
     with tempfile.TemporaryDirectory() as tmp:
         save_as_davis(videos, tmp)
-        return _score_root(model, Path(tmp), adaptation, title, precision)
+        return _score_root(model, Path(tmp), adaptation, title, precision, max_side)
 
 
 if __name__ == "__main__":

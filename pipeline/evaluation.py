@@ -20,6 +20,7 @@ from stm_core.model.network import STM
 from stm_core.propagation import Precision
 
 from .corpus import VideoTask, discover_dataset, frames_at, iter_frames, probe, read_seeds
+from .corpus.frames import FrameScale
 
 __all__ = ["MIN_ANNOTATED_FRAMES", "evaluate_root", "evaluate_task"]
 
@@ -36,23 +37,28 @@ def evaluate_task(
     adaptation: Adaptation | None = None,
     resize_mismatched: bool = True,
     precision: Precision = "fp32",
+    max_side: int | None = None,
 ) -> SequenceScores:
     """Propagate one video from its first-appearance seeds and score its annotated frames.
 
     ``resize_mismatched`` resizes an annotation whose size differs from the frames (nearest),
-    as real data needs (cutie-judo has an 853-wide mask beside 854-wide frames)."""
+    as real data needs (cutie-judo has an 853-wide mask beside 854-wide frames). ``max_side``
+    propagates frames downscaled to that longer side, as the corpus job's
+    ``max_frame_side`` does, and scores the masks brought back to the native size."""
     info = probe(task, fs)
     annotations = read_seeds(task, fs, info.size, info.num_frames, resize_mismatched)
+    working = FrameScale.for_size(info.size, max_side).working
     return evaluate_video(
         model,
-        iter_frames(task, fs, expected_size=info.size),
+        iter_frames(task, fs, max_side, expected_size=info.size),
         annotations,
         task.video_id,
         mem_every,
         max_memory_frames,
         adaptation,
-        frames_at=lambda indices: frames_at(task, fs, indices, expected_size=info.size),
+        frames_at=lambda indices: frames_at(task, fs, indices, max_side, info.size),
         precision=precision,
+        working_size=working,
     )
 
 
@@ -65,6 +71,7 @@ def evaluate_root(
     resolution: str = "480p",
     storage_options: StorageOptions | None = None,
     precision: Precision = "fp32",
+    max_side: int | None = None,
 ) -> dict[str, Any]:
     """J&F of every scorable video under a DAVIS / YouTube-VOS ``root`` (``summarize``'s
     result), plus ``unscored``: the videos with fewer than 3 annotated frames (the first and
@@ -72,7 +79,7 @@ def evaluate_root(
 
     A root of another form, or a video that cannot be listed, raises InputError
     (:func:`pipeline.corpus.discover_dataset`): a mean over other videos than the caller
-    thinks would be worse than no number.
+    thinks would be worse than no number. ``max_side``: see :func:`evaluate_task`.
     """
     uri = str(root)
     dataset = discover_dataset(uri, resolution, storage_options)
@@ -91,7 +98,14 @@ def evaluate_root(
             continue
         try:
             scores[task.video_id] = evaluate_task(
-                model, task, fs, mem_every, max_memory_frames, adaptation, precision=precision
+                model,
+                task,
+                fs,
+                mem_every,
+                max_memory_frames,
+                adaptation,
+                precision=precision,
+                max_side=max_side,
             )
         except NothingToScoreError:
             unscored[task.video_id] = NOTHING_TO_SCORE

@@ -308,7 +308,7 @@ class _Video:
         seed_ids = set(np.unique(self.seeds[out.frame_index]).tolist()) - {0} if is_seed else set()
         labels = out.labels
         if self.scale.resized:
-            labels = self.scale.to_native(labels)
+            labels = out.labels_at(self.info.size)
             for obj in seed_ids:  # seeds are stored exactly as given, at the native size
                 native = self.native_seeds[out.frame_index] == obj
                 labels[(labels == obj) & ~native] = 0

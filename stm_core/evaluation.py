@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from .adaptation import Adaptation, adapt_to_seeds
+from .codec import resize_labels
 from .errors import InputError
 from .metrics import SequenceScores, evaluate_sequence
 from .model.network import STM
@@ -86,9 +87,15 @@ def evaluate_video(
     adaptation: Adaptation | None = None,
     frames_at: Callable[[Iterable[int]], Mapping[int, np.ndarray]] | None = None,
     precision: Precision = "fp32",
+    working_size: tuple[int, int] | None = None,
 ) -> SequenceScores:
     """Propagate a video from the first-appearance seeds of its ``annotations`` (frame index ->
     label map) and score its annotated frames.
+
+    ``working_size`` ``(height, width)``: ``frames`` (and ``frames_at``'s) are at this size,
+    not the annotations'; the seeds are brought to it (nearest) and every prediction back to
+    the annotations' size (:meth:`FrameResult.labels_at`), so the score is the one a corpus
+    job that propagates downscaled frames and stores native-size masks would get.
 
     ``frames`` streams the video (it is not consumed when the annotations hold nothing to
     score: :class:`NothingToScoreError` is raised first). With ``adaptation``, a copy of the
@@ -99,6 +106,8 @@ def evaluate_video(
     if len(annotated) >= 3 and not plan:
         raise NothingToScoreError(name, NOTHING_TO_SCORE)
     seeds = first_appearance_seeds(annotations)
+    if working_size is not None:
+        seeds = {t: _at_size(mask, tuple(working_size)) for t, mask in seeds.items()}
     if adaptation is not None and adaptation.enabled:
         if frames_at is None:
             raise ValueError("fine-tuning needs frames_at to read the seed frames")
@@ -106,7 +115,7 @@ def evaluate_video(
     predictions: dict[int, np.ndarray] = {}
     for out in propagate(model, frames, seeds, mem_every, max_memory_frames, precision=precision):
         if out.frame_index in annotations:
-            predictions[out.frame_index] = out.labels
+            predictions[out.frame_index] = out.labels_at(annotations[out.frame_index].shape)
     missing = [t for t in annotated if t not in predictions]
     if missing:
         raise InputError(name, f"annotated frames {missing[:5]} are past the video's last frame")
@@ -116,3 +125,7 @@ def evaluate_video(
         name=name,
         scored_frames=plan or None,
     )
+
+
+def _at_size(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return labels if labels.shape == size else resize_labels(labels, size)

@@ -18,9 +18,9 @@ raise on those: the count is checked), frames whose size differs from the first.
 Frame size limit (``max_side``): frames whose longer side exceeds it are downscaled (area
 averaging) to a working size whose longer side is ``max_side``; see :class:`FrameScale`. The
 convention: **propagation runs at the working size, and masks are stored at the native size**
-(``FrameScale.to_native``), so stored masks always line up with the video's own pixels and the
-``masks`` table's height/width are the video's. Seeds are read at the native size and brought to
-the working size with ``FrameScale.to_working``.
+(the probabilities resized bilinearly, ``FrameResult.labels_at``), so stored masks always line
+up with the video's own pixels and the ``masks`` table's height/width are the video's. Seeds are
+read at the native size and brought to the working size with ``FrameScale.to_working``.
 """
 
 from __future__ import annotations
@@ -100,10 +100,6 @@ class FrameScale:
     def to_working(self, labels: np.ndarray) -> np.ndarray:
         """A native-size ``H x W`` label map at the working size (nearest: ids never blend)."""
         return resize_labels(labels, self.working)
-
-    def to_native(self, labels: np.ndarray) -> np.ndarray:
-        """A working-size label map back at the native size (nearest), for storing."""
-        return resize_labels(labels, self.native)
 
 
 @dataclass(frozen=True)

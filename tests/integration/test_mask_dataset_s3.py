@@ -10,7 +10,9 @@ could not reach the bucket. What must hold:
   its image is the frame as decoded here from the local copy of the corpus (Pillow for the
   JPEGs, PyAV for the mp4), also when the mp4's frames are asked for out of order;
 - a DataLoader with two worker processes gives the same items;
-- the Ray Dataset gives the same items as the torch Dataset, with and without filters.
+- the Ray Dataset gives the same items as the torch Dataset, with and without filters, feeds
+  ``iter_torch_batches``, and a frame that breaks after the dataset was built fails its
+  ``take_all`` with the worker's InputError naming the frame.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pipeline.mask_dataset import (
 )
 from pipeline.run_reader import LabelRun, open_run
 from schemas.label_job import LabelJobConfig
+from stm_core.errors import InputError
 
 RUN_ID = "mask-dataset-it"
 MP4 = "clips/a.mp4"
@@ -49,6 +52,7 @@ VIDEOS = {
 @dataclass(frozen=True)
 class Labeled:
     run_uri: str
+    corpus_uri: str
     builder: CorpusBuilder
     frames: dict[str, list[np.ndarray]]  # video id -> frames decoded here from the local copy
 
@@ -84,7 +88,7 @@ def labeled(ray_local, s3_server, tmp_path_factory) -> Labeled:
     with av.open(str(builder.corpus / MP4)) as container:
         mp4 = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     frames = {"swan": [np.asarray(Image.open(p).convert("RGB")) for p in folder], MP4: mp4}
-    return Labeled(f"{output}/runs/{RUN_ID}", builder, frames)
+    return Labeled(f"{output}/runs/{RUN_ID}", f"{uri}/corpus", builder, frames)
 
 
 def check_item(run: LabelRun, labeled: Labeled, item: dict) -> None:
@@ -149,3 +153,24 @@ def test_ray_dataset_gives_the_torch_datasets_items(labeled: Labeled, s3_server)
                 np.testing.assert_array_equal(row[key], item[key], err_msg=key)
     excluded = [r["frame_index"] for r in rows]
     assert excluded == [0, 2, 3, 4]  # frame 1 holds the mp4's seed
+
+    # as docs/corpus_job.md feeds Ray Train: the array columns as torch batches
+    swan = ray_dataset(labeled.run_uri, s3_server.storage, keep=FrameFilter(video_ids=["swan"]))
+    batches = list(swan.select_columns(["image", "labels"]).iter_torch_batches(batch_size=2))
+    assert sum(len(b["labels"]) for b in batches) == VIDEOS["swan"][0]
+    assert batches[0]["image"].dtype == torch.uint8
+    assert batches[0]["image"].shape[1:] == (*VIDEOS["swan"][1], 3)
+
+    seeds_only = ray_dataset(
+        open_run(labeled.run_uri, s3_server.storage),
+        keep=FrameFilter(video_ids=["swan"], seeds="only"),
+    )
+    frame = f"{labeled.corpus_uri}/JPEGImages/480p/swan/00000.jpg"
+    original = s3_server.fs.cat_file(frame)
+    try:  # built before the frame broke: nothing was read until take_all
+        s3_server.fs.pipe_file(frame, b"not a jpeg")
+        # the worker's InputError reaches the driver as one (it pickles: stm_core.errors)
+        with pytest.raises(InputError, match=r"00000\.jpg.*not a readable image"):
+            seeds_only.take_all()
+    finally:
+        s3_server.fs.pipe_file(frame, original)

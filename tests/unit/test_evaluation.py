@@ -110,3 +110,46 @@ def test_a_video_of_seeds_only_is_refused_before_propagating(real_data_root):
     judo, fs = _real_task(real_data_root, "cutie-judo")
     with pytest.raises(NothingToScoreError, match="cutie-judo.*only seed new objects"):
         evaluate_task(object(), judo, fs)  # no model is ever touched
+
+
+def test_max_side_propagates_downscaled_and_scores_at_the_native_size(
+    real_data_root, tmp_path, monkeypatch
+):
+    """With ``max_side`` the model sees working-size frames and seeds, and its masks are
+    scored at the annotations' size: an oracle that returns the ground truth downscaled to the
+    working size scores close to 1 (only the resampling costs), not 0 or a shape error."""
+    from PIL import Image
+
+    import stm_core.evaluation as evaluation
+    from stm_core.codec import resize_labels
+    from stm_core.io import read_mask, write_mask
+    from stm_core.propagation import FrameResult
+
+    src = real_data_root / "JPEGImages" / "480p" / "blackswan"
+    gt = real_data_root / "Annotations" / "480p" / "blackswan"
+    truth = {}
+    for t in range(5):
+        name = f"{t:05d}"
+        Image.open(src / f"{name}.jpg").resize((214, 120)).save(tmp_path / f"{name}.jpg")
+        truth[t] = np.asarray(
+            Image.fromarray(read_mask(gt / f"{name}.png")).resize((214, 120), Image.NEAREST)
+        )
+        write_mask(tmp_path / "m" / f"{name}.png", truth[t])
+    seen = []
+
+    def oracle(model, frames, seeds, *args, **kwargs):
+        for t, frame in enumerate(frames):
+            seen.append((frame.shape[:2], {k: v.shape for k, v in seeds.items()}))
+            labels = resize_labels(truth[t], frame.shape[:2])
+            probs = np.stack([labels == 0, labels == 1]).astype(np.float32)
+            yield FrameResult(frame_index=t, object_ids=(1,), probs=probs, labels=labels)
+
+    monkeypatch.setattr(evaluation, "propagate", oracle)
+    task, fs = folder_video(str(tmp_path), str(tmp_path / "m"), name="swan")
+    scores = evaluate_task(object(), task, fs, max_side=107)
+    assert {shape for shape, _ in seen} == {(60, 107)}
+    assert all(seeds == {0: (60, 107)} for _, seeds in seen)
+    assert 0.8 < scores.j_and_f < 1.0  # resampled twice: close, not exact
+    seen.clear()
+    assert evaluate_task(object(), task, fs).j_and_f == 1.0  # native size: exact
+    assert {shape for shape, _ in seen} == {(120, 214)}

@@ -3,7 +3,8 @@
 The demo run is built as the corpus job writes one (``ledger.write_shard`` per video, run
 record, commit marker) over ``make_demo_corpus`` (three held-out clips, 24 frames of 240 x 432,
 frame folders), its masks being the clips' true label maps and its scores chosen here, so the
-filters have frames to drop. What must hold, for the torch Dataset and for the Ray Dataset:
+filters have frames to drop (the Ray Dataset is read on a real run in
+``tests/integration/test_mask_dataset_s3.py``). What must hold, for the torch Dataset:
 
 - every item's label map is the run reader's (and the true one), its per-object masks decode
   from the stored RLE, its scores and seed flags are the stored rows', and its image is the
@@ -358,54 +359,3 @@ def test_a_video_files_frames_in_any_order(tmp_path) -> None:
         assert (item["frame_index"], item["frame_name"]) == (t, f"{t:06d}")
         np.testing.assert_array_equal(item["image"], decoded[t])
         np.testing.assert_array_equal(item["labels"], labels[t])
-
-
-# --- ray.data -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ray_one_cpu():
-    """A local Ray with one CPU for this module (or the one already started)."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def test_ray_dataset_streams_the_same_items(demo: Demo, ray_one_cpu) -> None:
-    kwargs = {"keep": FrameFilter(min_score=0.5), "object_masks": True}
-    dataset = ray_dataset(demo.run_uri, **kwargs, num_cpus=0.5).materialize()
-    rows = sorted(dataset.take_all(), key=lambda r: (r["video_id"], r["frame_index"]))
-    want = demo.kept(lambda rows: all(r.score >= 0.5 for r in rows if r.area))
-    assert item_keys(rows) == want
-    torch_items = list(TorchMaskDataset(demo.run_uri, **kwargs))
-    for row, item in zip(rows, torch_items, strict=True):
-        check_item(demo, row, object_masks=True)
-        for key in ITEM_KEYS:
-            np.testing.assert_array_equal(row[key], item[key], err_msg=key)
-    # as docs/corpus_job.md feeds Ray Train: the array columns as torch batches
-    arrays = dataset.select_columns(["image", "labels"])
-    batches = list(arrays.iter_torch_batches(batch_size=8))
-    assert sum(len(b["labels"]) for b in batches) == len(rows)
-    assert batches[0]["image"].dtype == torch.uint8
-    assert batches[0]["image"].shape[1:] == (*DEMO_SIZE, 3)
-
-    one = sorted(demo.rows)[0]
-    seeds_only = ray_dataset(
-        open_run(demo.run_uri), keep=FrameFilter(video_ids=[one], seeds="only")
-    )
-    frame = demo.corpus / FRAMES_DIR / one / "00000.jpg"
-    original = frame.read_bytes()
-    try:  # built before the frame broke: nothing was read until take_all
-        frame.write_bytes(b"not a jpeg")
-        # the worker's InputError reaches the driver as one (it pickles: stm_core.errors)
-        with pytest.raises(InputError, match=r"00000\.jpg.*not a readable image"):
-            seeds_only.take_all()
-    finally:
-        frame.write_bytes(original)

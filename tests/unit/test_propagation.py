@@ -182,3 +182,36 @@ def test_fp16_needs_cuda_and_unknown_precisions_are_refused():
             VideoSession(model, precision="fp16")
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
         VideoSession(model, precision="int8")
+
+
+def _disk(size: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
+    """A bool disk in pixel-centre coordinates of a ``size`` grid."""
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    return (yy + 0.5 - centre[0]) ** 2 + (xx + 0.5 - centre[1]) ** 2 <= radius**2
+
+
+def test_labels_at_upscales_probabilities_not_labels():
+    from stm_core.codec import resize_labels
+    from stm_core.propagation import FrameResult
+
+    native, working, scale = (96, 128), (24, 32), 4
+    truth = _disk(native, (45.0, 70.0), 30.0)
+    # Working-size probability: the disk's area coverage of each working pixel (what a model
+    # that segments the downscaled frame perfectly would output), object id 7.
+    cover = truth.reshape(working[0], scale, working[1], scale).mean(axis=(1, 3))
+    probs = np.stack([1.0 - cover, cover]).astype(np.float32)
+    labels = np.where(cover > 0.5, 7, 0).astype(np.uint8)
+    out = FrameResult(frame_index=0, object_ids=(7,), probs=probs, labels=labels)
+
+    assert out.labels_at(working) is out.labels  # same size: the labels themselves
+    smooth = out.labels_at(native)
+    assert smooth.shape == native and set(np.unique(smooth)) == {0, 7}
+    blocky = resize_labels(labels, native)
+
+    def iou(pred: np.ndarray) -> float:
+        return (pred & truth).sum() / (pred | truth).sum()
+
+    # Bilinear probabilities put the boundary between working pixels where the object is;
+    # nearest labels make a staircase of 4-pixel steps.
+    assert iou(smooth == 7) > iou(blocky == 7)
+    assert iou(smooth == 7) > 0.98
