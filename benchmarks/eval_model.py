@@ -28,7 +28,7 @@ from benchmarks.common import checkpoint_identity
 from pipeline.evaluation import evaluate_root
 from stm_core import STM, load_model
 from stm_core.adaptation import Adaptation, parse_crop
-from stm_core.metrics import format_table
+from stm_core.metrics import SequenceScores, format_table
 from stm_core.propagation import PRECISIONS
 from stm_core.training.heldout import evaluation_videos, heldout_videos, save_as_davis
 from stm_core.training.synthetic_video import SyntheticVideo
@@ -117,8 +117,19 @@ def _score_root(
     max_side: int | None = None,
 ) -> dict:
     """J&F of every video under a DAVIS-layout ``root``, printed as a table under ``title``."""
+    started = time.monotonic()
+
+    def report(video_id: str, video: SequenceScores) -> None:
+        seconds = time.monotonic() - started
+        print(f"{title}: {video_id} J&F {100 * video.j_and_f:.1f} ({seconds:.0f} s)", flush=True)
+
     scores = evaluate_root(
-        model, root, adaptation=adaptation, precision=precision, max_side=max_side
+        model,
+        root,
+        adaptation=adaptation,
+        precision=precision,
+        max_side=max_side,
+        on_scored=report,
     )
     print(f"\n{title} (J, F, J&F in %)")
     print(format_table(scores))

@@ -8,6 +8,7 @@ Every annotation mask is ground truth; the seeds are each object's first appeara
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ def evaluate_root(
     storage_options: StorageOptions | None = None,
     precision: Precision = "fp32",
     max_side: int | None = None,
+    on_scored: Callable[[str, SequenceScores], None] | None = None,
 ) -> dict[str, Any]:
     """J&F of every scorable video under a DAVIS / YouTube-VOS ``root`` (``summarize``'s
     result), plus ``unscored``: the videos with fewer than 3 annotated frames (the first and
@@ -80,6 +82,8 @@ def evaluate_root(
     A root of another form, or a video that cannot be listed, raises InputError
     (:func:`pipeline.corpus.discover_dataset`): a mean over other videos than the caller
     thinks would be worse than no number. ``max_side``: see :func:`evaluate_task`.
+    ``on_scored(video_id, scores)`` is called after each video, so a run of hours (fine-tuning
+    on every clip) shows its results as they come rather than only at the end.
     """
     uri = str(root)
     dataset = discover_dataset(uri, resolution, storage_options)
@@ -109,6 +113,9 @@ def evaluate_root(
             )
         except NothingToScoreError:
             unscored[task.video_id] = NOTHING_TO_SCORE
+            continue
+        if on_scored is not None:
+            on_scored(task.video_id, scores[task.video_id])
     if not scores:
         raise InputError(uri, "no video with an annotated frame to score")
     return summarize(scores) | {"unscored": dict(sorted(unscored.items()))}

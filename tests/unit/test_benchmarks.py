@@ -163,7 +163,7 @@ def test_adaptation_benchmark_records_both_costs(tmp_path):
     assert result["adapt_to_propagate_ratio"] == pytest.approx(expected)
 
 
-def test_model_evaluation_scores_the_sets_asked_for(tmp_path):
+def test_model_evaluation_scores_the_sets_asked_for(tmp_path, capsys):
     """``--heldout 0`` scores the real clips only; ``--skip-real`` the held-out set only; each
     set's table is complete and the checkpoint is named."""
     from benchmarks import eval_model
@@ -181,6 +181,9 @@ def test_model_evaluation_scores_the_sets_asked_for(tmp_path):
     result = json.loads(only_real.read_text())
     assert "heldout_synthetic" not in result
     assert list(result["real"]["sequences"]) == ["synth-heldout-000500"]
+    score = 100 * result["real"]["sequences"]["synth-heldout-000500"]["J&F"]
+    # each video's score is printed as soon as it is known (long runs show progress)
+    assert f"real clips: synth-heldout-000500 J&F {score:.1f} (" in capsys.readouterr().out
     assert result["checkpoint"] == str(checkpoint) and result["adaptation"] is None
 
     only_heldout = tmp_path / "heldout.json"
