@@ -161,10 +161,7 @@ def test_ray_dataset_gives_the_torch_datasets_items(labeled: Labeled, s3_server)
     assert batches[0]["image"].dtype == torch.uint8
     assert batches[0]["image"].shape[1:] == (*VIDEOS["swan"][1], 3)
 
-    seeds_only = ray_dataset(
-        open_run(labeled.run_uri, s3_server.storage),
-        keep=FrameFilter(video_ids=["swan"], seeds="only"),
-    )
+    seeds_only = ray_dataset(run, keep=FrameFilter(video_ids=["swan"], seeds="only"))
     frame = f"{labeled.corpus_uri}/JPEGImages/480p/swan/00000.jpg"
     original = s3_server.fs.cat_file(frame)
     try:  # built before the frame broke: nothing was read until take_all
