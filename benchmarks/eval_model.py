@@ -50,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--real", type=Path, default=REAL_DATA)
     parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument(
+        "--real-videos",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="score only these clips of --real (default: all)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--adapt-steps", type=int, default=0, help="first-frame fine-tuning steps (0 = off)"
@@ -101,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         title = "synthetic videos of the training photos"
         result["seen_photos_synthetic"] = score(videos, title=title)
     if not args.skip_real and args.real.is_dir():
-        result["real"] = _score_root(model, args.real, title="real clips", **settings)
+        result["real"] = _score_root(
+            model, args.real, title="real clips", videos=args.real_videos, **settings
+        )
     result["seconds"] = time.monotonic() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -115,8 +124,10 @@ def _score_root(
     title: str,
     precision: str = "fp32",
     max_side: int | None = None,
+    videos: list[str] | None = None,
 ) -> dict:
-    """J&F of every video under a DAVIS-layout ``root``, printed as a table under ``title``."""
+    """J&F of the videos under a DAVIS-layout ``root`` (all, or those named in ``videos``),
+    printed as a table under ``title``."""
     started = time.monotonic()
 
     def report(video_id: str, video: SequenceScores) -> None:
@@ -130,6 +141,7 @@ def _score_root(
         precision=precision,
         max_side=max_side,
         on_scored=report,
+        videos=videos,
     )
     print(f"\n{title} (J, F, J&F in %)")
     print(format_table(scores))

@@ -8,7 +8,7 @@ Every annotation mask is ground truth; the seeds are each object's first appeara
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ def evaluate_root(
     precision: Precision = "fp32",
     max_side: int | None = None,
     on_scored: Callable[[str, SequenceScores], None] | None = None,
+    videos: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """J&F of every scorable video under a DAVIS / YouTube-VOS ``root`` (``summarize``'s
     result), plus ``unscored``: the videos with fewer than 3 annotated frames (the first and
@@ -84,6 +85,8 @@ def evaluate_root(
     thinks would be worse than no number. ``max_side``: see :func:`evaluate_task`.
     ``on_scored(video_id, scores)`` is called after each video, so a run of hours (fine-tuning
     on every clip) shows its results as they come rather than only at the end.
+    ``videos`` scores only the named videos (all of them by default); a name the root does not
+    hold raises InputError, so a typo cannot shrink the mean silently.
     """
     uri = str(root)
     dataset = discover_dataset(uri, resolution, storage_options)
@@ -92,8 +95,15 @@ def evaluate_root(
         for video_id in dataset.unannotated
     }
     fs = dataset.fs
+    tasks = dataset.tasks
+    if videos is not None:
+        missing = sorted(set(videos) - {task.video_id for task in tasks})
+        if missing:
+            raise InputError(uri, f"no annotated video named {', '.join(missing)}")
+        unscored = {}
+        tasks = [task for task in tasks if task.video_id in set(videos)]
     scores: dict[str, SequenceScores] = {}
-    for task in dataset.tasks:
+    for task in tasks:
         annotated = len(task.seeds.frames) if task.seeds is not None else 0
         if annotated < MIN_ANNOTATED_FRAMES:
             unscored[task.video_id] = (

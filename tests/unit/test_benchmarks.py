@@ -172,11 +172,12 @@ def test_model_evaluation_scores_the_sets_asked_for(tmp_path, capsys):
     checkpoint = tmp_path / "random.pt"
     save_checkpoint(STM("resnet18"), checkpoint, {"name": "random"}, half=True)
     real = tmp_path / "real"
-    save_as_davis(heldout_videos(1, 3, seed_base=500), real)
+    save_as_davis(heldout_videos(2, 3, seed_base=500), real)
     common = ["--checkpoint", str(checkpoint), "--threads", "1", "--frames", "3"]
 
     only_real = tmp_path / "real.json"
     argv = [*common, "--heldout", "0", "--real", str(real), "--out", str(only_real)]
+    argv += ["--real-videos", "synth-heldout-000500"]  # of the two clips, only this one
     assert eval_model.main(argv) == 0
     result = json.loads(only_real.read_text())
     assert "heldout_synthetic" not in result

@@ -112,6 +112,17 @@ def test_a_video_of_seeds_only_is_refused_before_propagating(real_data_root):
         evaluate_task(object(), judo, fs)  # no model is ever touched
 
 
+def test_a_named_video_the_root_lacks_is_refused_before_propagating(real_data_root):
+    """A typo in the clips to score must not shrink the mean silently."""
+    import pytest
+
+    from pipeline.evaluation import evaluate_root
+    from stm_core.errors import InputError
+
+    with pytest.raises(InputError, match="no annotated video named blackswann"):
+        evaluate_root(object(), real_data_root, videos=["blackswan", "blackswann"])
+
+
 def test_max_side_propagates_downscaled_and_scores_at_the_native_size(
     real_data_root, tmp_path, monkeypatch
 ):
