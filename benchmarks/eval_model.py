@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from benchmarks.common import checkpoint_identity
 from pipeline.evaluation import evaluate_root
 from stm_core import STM, load_model
 from stm_core.adaptation import Adaptation, parse_crop
-from stm_core.metrics import SequenceScores, format_table
+from stm_core.metrics import SequenceScores, format_table, summarize
 from stm_core.propagation import PRECISIONS
 from stm_core.training.heldout import evaluation_videos, heldout_videos, save_as_davis
 from stm_core.training.synthetic_video import SyntheticVideo
@@ -96,25 +96,50 @@ def main(argv: list[str] | None = None) -> int:
         "max_side": args.max_side,
     }
     start = time.monotonic()
-    settings = {"adaptation": adaptation, "precision": args.precision, "max_side": args.max_side}
-    score = functools.partial(_score_videos, model, **settings)
+    in_progress: dict[str, SequenceScores] = {}
+
+    def save_progress(video_id: str, video: SequenceScores) -> None:
+        """The JSON as it stands after each video, so a run of hours that is stopped keeps
+        what it measured: the finished sets, and under ``unfinished`` the videos of the set in
+        progress."""
+        in_progress[video_id] = video
+        partial = result | {"unfinished": summarize(in_progress)}
+        _write(args.out, partial | {"seconds": time.monotonic() - start})
+
+    settings = {
+        "adaptation": adaptation,
+        "precision": args.precision,
+        "max_side": args.max_side,
+        "on_scored": save_progress,
+    }
     if args.heldout:
         videos = heldout_videos(args.heldout, args.frames, seed_base=HELDOUT_SEED_BASE)
-        result["heldout_synthetic"] = score(videos, title="held-out synthetic")
+        in_progress.clear()
+        result["heldout_synthetic"] = _score_videos(
+            model, videos, title="held-out synthetic", **settings
+        )
     if args.seen_photos:
         videos = evaluation_videos(
             args.seen_photos, args.frames, seed_base=SEEN_SEED_BASE, split="train"
         )
+        in_progress.clear()
         title = "synthetic videos of the training photos"
-        result["seen_photos_synthetic"] = score(videos, title=title)
+        result["seen_photos_synthetic"] = _score_videos(model, videos, title=title, **settings)
     if not args.skip_real and args.real.is_dir():
+        in_progress.clear()
         result["real"] = _score_root(
             model, args.real, title="real clips", videos=args.real_videos, **settings
         )
     result["seconds"] = time.monotonic() - start
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    _write(args.out, result)
     return 0
+
+
+def _write(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)  # a reader never sees half a file
 
 
 def _score_root(
@@ -125,14 +150,18 @@ def _score_root(
     precision: str = "fp32",
     max_side: int | None = None,
     videos: list[str] | None = None,
+    on_scored: Callable[[str, SequenceScores], None] | None = None,
 ) -> dict:
     """J&F of the videos under a DAVIS-layout ``root`` (all, or those named in ``videos``),
-    printed as a table under ``title``."""
+    printed as a table under ``title``; each video's score is printed (and passed to
+    ``on_scored``) as soon as it is known."""
     started = time.monotonic()
 
     def report(video_id: str, video: SequenceScores) -> None:
         seconds = time.monotonic() - started
         print(f"{title}: {video_id} J&F {100 * video.j_and_f:.1f} ({seconds:.0f} s)", flush=True)
+        if on_scored is not None:
+            on_scored(video_id, video)
 
     scores = evaluate_root(
         model,
@@ -155,12 +184,15 @@ def _score_videos(
     title: str,
     precision: str = "fp32",
     max_side: int | None = None,
+    on_scored: Callable[[str, SequenceScores], None] | None = None,
 ) -> dict:
     """Generated videos are scored through the same DAVIS-layout files as the real clips (JPEG
     frames, PNG masks), so both sets go through the same reading code."""
     with tempfile.TemporaryDirectory() as tmp:
         save_as_davis(videos, tmp)
-        return _score_root(model, Path(tmp), adaptation, title, precision, max_side)
+        return _score_root(
+            model, Path(tmp), adaptation, title, precision, max_side, on_scored=on_scored
+        )
 
 
 if __name__ == "__main__":

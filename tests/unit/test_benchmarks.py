@@ -163,7 +163,7 @@ def test_adaptation_benchmark_records_both_costs(tmp_path):
     assert result["adapt_to_propagate_ratio"] == pytest.approx(expected)
 
 
-def test_model_evaluation_scores_the_sets_asked_for(tmp_path, capsys):
+def test_model_evaluation_scores_the_sets_asked_for(tmp_path, capsys, monkeypatch):
     """``--heldout 0`` scores the real clips only; ``--skip-real`` the held-out set only; each
     set's table is complete and the checkpoint is named."""
     from benchmarks import eval_model
@@ -186,6 +186,30 @@ def test_model_evaluation_scores_the_sets_asked_for(tmp_path, capsys):
     # each video's score is printed as soon as it is known (long runs show progress)
     assert f"real clips: synth-heldout-000500 J&F {score:.1f} (" in capsys.readouterr().out
     assert result["checkpoint"] == str(checkpoint) and result["adaptation"] is None
+
+    # A run stopped part-way keeps the videos it scored (the JSON is written after each one).
+    import pipeline.evaluation
+
+    score_task = pipeline.evaluation.evaluate_task
+    calls = []
+
+    def stopped_on_the_second_video(*args, **kwargs):
+        calls.append(args[1].video_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return score_task(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.evaluation, "evaluate_task", stopped_on_the_second_video)
+    stopped = tmp_path / "stopped.json"
+    argv = [*common, "--heldout", "0", "--real", str(real), "--out", str(stopped)]
+    with pytest.raises(KeyboardInterrupt):
+        eval_model.main(argv)
+    partial = json.loads(stopped.read_text())
+    assert "real" not in partial and partial["seconds"] > 0
+    assert calls == ["synth-heldout-000500", "synth-heldout-000501"]
+    first = partial["unfinished"]["sequences"]
+    assert first == {"synth-heldout-000500": result["real"]["sequences"]["synth-heldout-000500"]}
+    monkeypatch.undo()
 
     only_heldout = tmp_path / "heldout.json"
     argv = [*common, "--heldout", "2", "--skip-real", "--max-side", "216"]
