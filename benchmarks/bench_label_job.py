@@ -316,7 +316,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.videos, args.frames, args.size = 2, 5, "112x64"
-        args.bare_passes, args.discovery_videos = 1, 300
+        args.bare_passes, args.discovery_videos = 1, 60
     if args.videos < 2:
         parser.error("--videos must be >= 2 (frame folders and one mp4)")
     return args

@@ -76,6 +76,8 @@ def run_nightly(config: NightlyConfig, progress: Progress | None = None) -> Nigh
             raise
         record.status, record.finished_at = "succeeded", dt.datetime.now(dt.UTC)
         _save(layout, record, config)
+        seconds = ", ".join(f"{step} {s:.1f} s" for step, s in record.step_seconds.items())
+        log.info("nightly %s succeeded (%s)", run_id, seconds)
         return record
 
 

@@ -90,7 +90,7 @@ def test_timings_are_consistent(quick_result) -> None:
 def test_discovery_and_plan_of_the_large_corpus(quick_result) -> None:
     result, _ = quick_result
     d = result["discovery"]
-    assert d["videos"] == 300  # --quick's size of the discovery corpus
+    assert d["videos"] == 60  # --quick's size of the discovery corpus
     assert d["objects_uploaded"] == d["videos"] + 1  # the mp4s and the seed table
     assert d["tasks"] == d["videos"]
     assert d["discovery_errors"] == 0
