@@ -97,11 +97,12 @@ def evaluate_root(
     fs = dataset.fs
     tasks = dataset.tasks
     if videos is not None:
-        missing = sorted(set(videos) - {task.video_id for task in tasks})
+        wanted = set(videos)
+        missing = sorted(wanted - {task.video_id for task in tasks})
         if missing:
             raise InputError(uri, f"no annotated video named {', '.join(missing)}")
-        unscored = {}
-        tasks = [task for task in tasks if task.video_id in set(videos)]
+        unscored = {}  # the videos left out are not ours to report
+        tasks = [task for task in tasks if task.video_id in wanted]
     scores: dict[str, SequenceScores] = {}
     for task in tasks:
         annotated = len(task.seeds.frames) if task.seeds is not None else 0
