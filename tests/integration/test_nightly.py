@@ -264,15 +264,15 @@ def test_a_night_killed_in_training_and_resubmitted_makes_one_candidate(
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    killed_at = _recorded_step(s3_server.fs, run_dir)
-    assert 4 <= killed_at < config.train.steps  # killed in training, not after it
+    capfd.readouterr()
+    wait_for_cpus_free()  # the killed driver's trainer is gone: nothing writes to the run now
     latest = ray_latest_checkpoint(s3_server.fs, run_dir)
+    killed_at = int(latest["metrics"]["step"])
+    assert 4 <= killed_at < config.train.steps  # killed in training, not after it
     killed_history = json.loads(
         s3_server.fs.cat_file(f"{run_dir}/{latest['checkpoint_dir_name']}/history.json")
     )
     assert [int(step) for step, _ in killed_history] == list(range(killed_at))
-    capfd.readouterr()
-    wait_for_cpus_free()
 
     # The dead run's lock is still there: a resubmission right now is refused...
     with pytest.raises(LockHeldError, match="night-k"):
