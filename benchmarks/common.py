@@ -104,9 +104,13 @@ def checkpoint_identity(path: str | Path) -> dict[str, Any]:
 
 
 def write_json(path: Path, result: dict[str, Any]) -> None:
-    """Write ``result`` as indented JSON, creating the folder."""
+    """Write ``result`` as indented JSON, creating the folder. Through a temporary file and a
+    rename, because benchmarks that run for hours rewrite their JSON as they go: a run stopped
+    mid-write keeps the previous whole file, never half of the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

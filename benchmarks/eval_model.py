@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import checkpoint_identity
+from benchmarks.common import checkpoint_identity, write_json
 from pipeline.evaluation import evaluate_root
 from stm_core import STM, load_model
 from stm_core.adaptation import Adaptation, parse_crop
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         progress."""
         in_progress[video_id] = video
         partial = result | {"unfinished": summarize(in_progress)}
-        _write(args.out, partial | {"seconds": time.monotonic() - start})
+        write_json(args.out, partial | {"seconds": time.monotonic() - start})
 
     settings = {
         "adaptation": adaptation,
@@ -131,15 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             model, args.real, title="real clips", videos=args.real_videos, **settings
         )
     result["seconds"] = time.monotonic() - start
-    _write(args.out, result)
+    write_json(args.out, result)
     return 0
-
-
-def _write(path: Path, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)  # a reader never sees half a file
 
 
 def _score_root(

@@ -175,16 +175,15 @@ def test_evaluate_missing_prediction(real_data_root, tmp_path, capsys):
     assert "missing predicted masks" in err
 
 
-def test_propagate_adapt_steps_labels_with_a_fine_tuned_copy(real_data_root, checkpoint, tmp_path):
+def test_propagate_adapt_steps_labels_with_a_fine_tuned_copy(read_real_clip, checkpoint, tmp_path):
     # The clip at a quarter of its size: what is tested is the fine-tuned copy, and four
     # 854 x 480 frames propagated twice took half a minute of this suite.
     frames, seeds = tmp_path / "frames", tmp_path / "seeds"
     frames.mkdir()
-    full_frames, full_seeds = _seq(real_data_root, "cutie-bike")
-    for jpg in sorted(full_frames.glob("*.jpg")):
-        Image.open(jpg).resize((214, 120)).save(frames / jpg.name)
-    seed = Image.fromarray(read_mask(full_seeds / "00000.png")).resize((214, 120), Image.NEAREST)
-    write_mask(seeds / "00000.png", np.asarray(seed))
+    clip = read_real_clip("cutie-bike", 4, size=(214, 120))
+    for t, frame in enumerate(clip.frames):
+        Image.fromarray(frame).save(frames / f"{t:05d}.jpg")
+    write_mask(seeds / "00000.png", clip.masks[0])
     base = ["propagate", "--checkpoint", str(checkpoint), "--frames", str(frames)]
     base += ["--seeds", str(seeds), "--device", "cpu"]
     assert main(base + ["--out", str(tmp_path / "plain")]) == 0

@@ -26,22 +26,19 @@ def test_first_appearance_seeds_keep_only_new_objects():
     assert set(np.unique(seeds[33])) == {0, 5}
 
 
-def test_evaluate_video_scores_the_annotated_frames(real_data_root, tmp_path):
+def test_evaluate_video_scores_the_annotated_frames(real_data_root, read_real_clip, tmp_path):
     import pytest
     import torch
     from PIL import Image
 
     from stm_core import STM, InputError
-    from stm_core.io import read_mask, write_mask
+    from stm_core.io import write_mask
 
-    src = real_data_root / "JPEGImages" / "480p" / "blackswan"
-    gt = real_data_root / "Annotations" / "480p" / "blackswan"
     (tmp_path / "f").mkdir()
-    for t in range(5):
-        name = f"{t:05d}"
-        Image.open(src / f"{name}.jpg").resize((107, 60)).save(tmp_path / "f" / f"{name}.jpg")
-        small = Image.fromarray(read_mask(gt / f"{name}.png")).resize((107, 60), Image.NEAREST)
-        write_mask(tmp_path / "m" / f"{name}.png", np.asarray(small))
+    clip = read_real_clip("blackswan", 5, size=(107, 60))
+    for t, frame in enumerate(clip.frames):
+        Image.fromarray(frame).save(tmp_path / "f" / f"{t:05d}.jpg")
+        write_mask(tmp_path / "m" / f"{t:05d}.png", clip.masks[t])
     torch.manual_seed(0)
     model = STM("resnet18").eval()
     task, fs = folder_video(str(tmp_path / "f"), str(tmp_path / "m"), name="swan")
@@ -124,7 +121,7 @@ def test_a_named_video_the_root_lacks_is_refused_before_propagating(real_data_ro
 
 
 def test_max_side_propagates_downscaled_and_scores_at_the_native_size(
-    real_data_root, tmp_path, monkeypatch
+    read_real_clip, tmp_path, monkeypatch
 ):
     """With ``max_side`` the model sees working-size frames and seeds, and its masks are
     scored at the annotations' size: an oracle that returns the ground truth downscaled to the
@@ -133,19 +130,14 @@ def test_max_side_propagates_downscaled_and_scores_at_the_native_size(
 
     import stm_core.evaluation as evaluation
     from stm_core.codec import resize_labels
-    from stm_core.io import read_mask, write_mask
+    from stm_core.io import write_mask
     from stm_core.propagation import FrameResult
 
-    src = real_data_root / "JPEGImages" / "480p" / "blackswan"
-    gt = real_data_root / "Annotations" / "480p" / "blackswan"
-    truth = {}
-    for t in range(5):
-        name = f"{t:05d}"
-        Image.open(src / f"{name}.jpg").resize((214, 120)).save(tmp_path / f"{name}.jpg")
-        truth[t] = np.asarray(
-            Image.fromarray(read_mask(gt / f"{name}.png")).resize((214, 120), Image.NEAREST)
-        )
-        write_mask(tmp_path / "m" / f"{name}.png", truth[t])
+    clip = read_real_clip("blackswan", 5, size=(214, 120))
+    truth = clip.masks
+    for t, frame in enumerate(clip.frames):
+        Image.fromarray(frame).save(tmp_path / f"{t:05d}.jpg")
+        write_mask(tmp_path / "m" / f"{t:05d}.png", truth[t])
     seen = []
 
     def oracle(model, frames, seeds, *args, **kwargs):
