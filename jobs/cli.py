@@ -203,6 +203,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.error is None else 1
 
 
+def cmd_pack_shard(args: argparse.Namespace) -> int:
+    from pipeline.training.shard import ShardSettings, pack_shard
+
+    settings = ShardSettings(
+        crf=args.crf,
+        photo_side=args.photo_side,
+        photos_per_folder=args.photos_per_folder,
+        max_videos=args.max_videos,
+    )
+    manifest = pack_shard(
+        args.videos or [],
+        args.photos or [],
+        args.out,
+        resolution=args.resolution,
+        settings=settings,
+        max_mb=args.max_mb,
+    )
+    photos = sum(len(group["stems"]) for group in manifest["photos"])
+    print(
+        f"packed {len(manifest['videos'])} videos and {photos} photos into {args.out} "
+        f"({manifest['bytes'] / 1e6:.1f} MB)"
+    )
+    return 0
+
+
+def cmd_unpack_shard(args: argparse.Namespace) -> int:
+    from pipeline.training.shard import unpack_shard
+
+    manifest = unpack_shard(args.shard, args.out)
+    photos = sum(len(group["stems"]) for group in manifest["photos"])
+    print(f"unpacked {len(manifest['videos'])} videos and {photos} photos into {args.out}")
+    return 0
+
+
 def cmd_nightly(args: argparse.Namespace) -> int:
     from jobs.nightly import main as nightly_main
 
@@ -375,6 +409,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--local", action="store_true", help="train in this process, without Ray")
     t.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS or a local one)")
     t.set_defaults(func=cmd_train)
+
+    ps = sub.add_parser(
+        "pack-shard",
+        help="pack training folders into a compact shard (H.264 videos, small photos) to carry "
+        "to a lent machine",
+    )
+    ps.add_argument("--videos", nargs="+", help="DAVIS / YouTube-VOS roots")
+    ps.add_argument("--resolution", default="480p", help="DAVIS resolution folder (e.g. 360p)")
+    ps.add_argument("--photos", nargs="+", help="photo folders with images/ and masks/")
+    ps.add_argument("--out", required=True, help="the shard folder to write")
+    ps.add_argument("--crf", type=int, default=23, help="x264 quality, lower is better (23)")
+    ps.add_argument("--photo-side", type=_positive, default=320, help="photos' longer side")
+    ps.add_argument("--photos-per-folder", type=_positive, help="keep this many (default: all)")
+    ps.add_argument("--max-videos", type=_positive, help="videos per root (default: all)")
+    ps.add_argument("--max-mb", type=float, help="fail, leaving nothing, above this size")
+    ps.set_defaults(func=cmd_pack_shard)
+
+    us = sub.add_parser("unpack-shard", help="a shard back into the folders training reads")
+    us.add_argument("shard", help="the shard folder (pack-shard --out)")
+    us.add_argument("out", help="where the dataset folders go")
+    us.set_defaults(func=cmd_unpack_shard)
 
     n = sub.add_parser(
         "nightly",

@@ -43,6 +43,9 @@ class DataConfig(StrictModel):
     seeds_format: Literal["auto", "masks", "coco", "parquet"] = "auto"
     selection_prob: float = Field(0.75, ge=0.0, le=1.0)
     max_frame_side: int | None = Field(480, ge=32, description="decode corpus frames this big")
+    # Processes that build the coming steps' batches while the optimiser runs (0: the training
+    # process builds each batch itself). A GPU step outruns one process drawing clips.
+    loader_workers: int = Field(0, ge=0, le=64)
 
     @model_validator(mode="after")
     def _photos_need_folders(self) -> DataConfig:
@@ -87,6 +90,9 @@ class TrainConfig(StrictModel):
     freeze_bn: bool | None = None
     bf16: bool | None = Field(None, description=BF16_HELP)
     checkpoint_every: int = Field(100, ge=1)
+    # Stop this run (with a checkpoint) once it has trained this long; the same name resumes it.
+    # For a lent machine with a fixed budget: the schedule still spans `steps`.
+    time_limit_minutes: float | None = Field(None, gt=0)
     workers: int = Field(1, ge=1)
     use_gpu: bool = False
     threads_per_worker: int | None = Field(None, ge=1)

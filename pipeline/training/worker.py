@@ -22,9 +22,8 @@ import torch.nn as nn
 from schemas.training import TrainConfig
 from stm_core import STM, load_model, save_checkpoint
 from stm_core.training.datasets import ClipDataset
-from stm_core.training.loop import Trainer, batch_for_step
+from stm_core.training.loop import StepBatches, Trainer, step_batches
 from stm_core.training.photo_clips import PhotoSource
-from stm_core.training.video_clips import max_skip_schedule
 
 from .folders import folder_video_source
 from .loss_plot import plot_loss
@@ -123,25 +122,46 @@ def run_worker(
         wrap=wrap,
         trunk_lr_scale=config.trunk_lr_scale,
     )
+    log.info(
+        "%s on %s (torch %s, bf16 autocast %s)",
+        config.name,
+        torch.cuda.get_device_name(device) if device.type == "cuda" else device,
+        torch.__version__,
+        "on" if trainer.bf16 else "off",
+    )
     if resume_dir is not None:
         trainer.load_state_dict(torch.load(resume_dir / TRAINER_FILE, weights_only=False))
         log.info("resumed %s at step %d", config.name, trainer.step)
-    dataset = build_dataset(config)
-    window_start, window_losses = time.monotonic(), []
-    while trainer.step < config.steps:
-        max_skip = max_skip_schedule(
-            trainer.step, config.steps, config.data.max_skip_start, config.data.max_skip_end
-        )
-        dataset.set_max_skip(max_skip)
-        batch = batch_for_step(dataset, trainer.step, config.batch_size, rank, world_size)
+    batches = StepBatches(
+        build_dataset(config),
+        config.batch_size,
+        config.steps,
+        (config.data.max_skip_start, config.data.max_skip_end),
+        rank,
+        world_size,
+    )
+    started = time.monotonic()
+    deadline = None if config.time_limit_minutes is None else config.time_limit_minutes * 60
+    window_start, window_losses = started, []
+    stream = step_batches(
+        batches, trainer.step, config.data.loader_workers, pin_memory=device.type == "cuda"
+    )
+    for step, batch in stream:
         window_losses.append(trainer.train_step(batch))
-        if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:
+        out_of_time = deadline is not None and _any_rank(
+            time.monotonic() - started >= deadline, device
+        )
+        if (
+            trainer.step % config.checkpoint_every == 0
+            or trainer.step == config.steps
+            or (out_of_time)
+        ):
             elapsed = time.monotonic() - window_start
             metrics = {
                 "step": trainer.step,
                 "loss": sum(window_losses) / len(window_losses),
                 "samples_per_s": len(window_losses) * config.batch_size * world_size / elapsed,
-                "max_skip": max_skip,
+                "max_skip": batches.max_skip(step),
                 "lr": trainer.optimizer.param_groups[0]["lr"],
             }
             log.info("%s step %d: %s", config.name, trainer.step, metrics)
@@ -149,7 +169,26 @@ def run_worker(
                 ckpt = write_checkpoint(trainer, config, Path(tmp)) if rank == 0 else None
                 report(metrics, ckpt)
             window_start, window_losses = time.monotonic(), []
+        if out_of_time:
+            log.info(
+                "%s: time limit of %s minutes reached at step %d of %d; the same name resumes",
+                config.name,
+                config.time_limit_minutes,
+                trainer.step,
+                config.steps,
+            )
+            break
     return trainer
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any rank: every rank must stop at the same step, or the
+    ones still training wait forever in the gradient all-reduce."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    votes = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(votes, op=torch.distributed.ReduceOp.MAX)
+    return bool(votes.item())
 
 
 def write_checkpoint(trainer: Trainer, config: TrainConfig, directory: Path) -> Path:

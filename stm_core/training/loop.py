@@ -19,16 +19,18 @@ trunk, while our trunk starts from random weights and needs larger steps.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import native_bf16
 from ..model.network import STM
 from .clip_model import ClipSTM, clip_loss, set_batchnorm_frozen
 from .datasets import ClipDataset, collate_clips
+from .video_clips import max_skip_schedule
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, floor: float = 0.1) -> float:
@@ -141,3 +143,61 @@ def batch_for_step(
     first = (step * world_size + rank) * batch_size
     items = [dataset[(first + i) % len(dataset)] for i in range(batch_size)]
     return collate_clips(items, max_objects=dataset.max_objects)
+
+
+class StepBatches(Dataset):
+    """Item ``s`` is the batch ``rank`` trains on at step ``s``, drawn with the curriculum's skip
+    at ``s``: what :func:`batch_for_step` gives after ``set_max_skip``, so DataLoader workers
+    can build batches ahead of the optimiser without changing a single sample."""
+
+    def __init__(
+        self,
+        dataset: ClipDataset,
+        batch_size: int,
+        total_steps: int,
+        skip_range: tuple[int, int],
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.total_steps = total_steps
+        self.skip_range = skip_range
+        self.rank = rank
+        self.world_size = world_size
+
+    def __len__(self) -> int:
+        return self.total_steps
+
+    def max_skip(self, step: int) -> int:
+        return max_skip_schedule(step, self.total_steps, *self.skip_range)
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        self.dataset.set_max_skip(self.max_skip(step))
+        return batch_for_step(self.dataset, step, self.batch_size, self.rank, self.world_size)
+
+
+def step_batches(
+    batches: StepBatches, first_step: int, loader_workers: int = 0, pin_memory: bool = False
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """``(step, batch)`` from ``first_step`` to the last step, in order.
+
+    Why workers: on a GPU the optimiser step takes a fraction of the time one process needs to
+    draw a batch of clips (decode, warp, paste, render), so with ``loader_workers`` > 0 the
+    batches are built ahead by that many processes. Each item is a pure function of its step,
+    so the batches, and a resumed run's, are the ones a single process gives.
+    """
+    steps = range(first_step, len(batches))
+    if loader_workers == 0:
+        for step in steps:
+            yield step, batches[step]
+        return
+    loader = DataLoader(
+        batches,
+        batch_size=None,  # an item is already a batch
+        sampler=steps,
+        num_workers=loader_workers,
+        prefetch_factor=4,
+        pin_memory=pin_memory,
+    )
+    yield from zip(steps, loader, strict=True)

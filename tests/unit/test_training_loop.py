@@ -25,7 +25,8 @@ from schemas.training import TrainConfig
 from stm_core import STM, load_model
 from stm_core.checkpoint import read_metadata
 from stm_core.training.datasets import ClipDataset, collate_clips
-from stm_core.training.loop import Trainer, batch_for_step, lr_factor
+from stm_core.training.loop import StepBatches, Trainer, batch_for_step, lr_factor, step_batches
+from stm_core.training.video_clips import max_skip_schedule
 
 CROP = (64, 64)
 MAX_OBJECTS = 2
@@ -132,6 +133,25 @@ def test_batch_for_step_is_a_pure_function_of_step_and_rank():
     other_rank = batch_for_step(first, step=1, batch_size=1, rank=0, world_size=2)
     assert other_rank["frames"].shape == batch["frames"].shape
     assert not torch.equal(other_rank["frames"], batch["frames"])
+
+
+def test_loader_workers_build_the_batches_one_process_would():
+    """Batches built ahead by two DataLoader workers are, step for step, the ones the training
+    process builds itself, including the growing skip of a video stage (a worker holds its own
+    copy of the dataset, so the skip must travel with the step, not with ``set_max_skip``)."""
+    dataset = ClipDataset(length=12, seed=3, stage="video", crop=CROP, max_objects=MAX_OBJECTS)
+    batches = StepBatches(dataset, batch_size=2, total_steps=6, skip_range=(0, 10))
+    assert [batches.max_skip(s) for s in range(6)] == [
+        max_skip_schedule(s, 6, 0, 10) for s in range(6)
+    ]
+    assert batches.max_skip(0) != batches.max_skip(5)
+    in_process = list(step_batches(batches, first_step=2))
+    ahead = list(step_batches(batches, first_step=2, loader_workers=2))
+    assert [s for s, _ in ahead] == [s for s, _ in in_process] == [2, 3, 4, 5]
+    for (_, mine), (_, theirs) in zip(in_process, ahead, strict=True):
+        assert_batches_equal(mine, theirs)
+    dataset.set_max_skip(max_skip_schedule(4, 6, 0, 10))
+    assert_batches_equal(in_process[2][1], batch_for_step(dataset, 4, batch_size=2))
 
 
 # --- BatchNorm freezing ---------------------------------------------------------------------
@@ -283,6 +303,28 @@ def test_train_local_checkpoints_and_resumes(tmp_path, caplog):
     trained = second.stm.state_dict()
     for key, value in model.state_dict().items():
         assert torch.equal(value, trained[key].cpu()), key
+
+
+def test_time_limit_stops_with_a_checkpoint_and_the_name_resumes(tmp_path, caplog):
+    """A run out of time writes a checkpoint at the step it reached (not only at
+    ``checkpoint_every``) and stops; the same name carries on to ``steps``. Batches come from
+    two loader workers, as on a lent GPU."""
+    from pipeline.training.local import train_local
+
+    settings = local_settings(tmp_path / "runs", steps=3, checkpoint_every=100)
+    settings["data"] = {"seed": 0, "loader_workers": 2}
+    limited = TrainConfig.model_validate(settings | {"time_limit_minutes": 1e-6})
+    with caplog.at_level(logging.INFO, logger="pipeline.training.worker"):
+        first = train_local(limited)
+    assert first.step == 1
+    assert "time limit of 1e-06 minutes reached at step 1 of 3" in caplog.text
+    run_dir = tmp_path / "runs" / "tiny"
+    assert checkpoint_names(run_dir) == ["checkpoint_0000001"]
+    second = train_local(limited.model_copy(update={"time_limit_minutes": None}))
+    assert second.step == 3
+    assert [s for s, _ in second.history] == [0, 1, 2]
+    assert second.history[:1] == first.history
+    assert checkpoint_names(run_dir) == ["checkpoint_0000001", "checkpoint_0000003"]
 
 
 def test_cli_train_local(tmp_path, capsys):
