@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .model.inference import inference_copy
 from .model.network import STM
 from .propagation import (
     FrameResult,
@@ -106,6 +107,7 @@ def propagate_videos(
     """
     if videos_per_batch < 1:
         raise ValueError(f"videos_per_batch must be >= 1, got {videos_per_batch}")
+    model = inference_copy(model)
     source = iter(videos)
     active: list[_Active] = []
     exhausted = False

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from .checkpoint import native_bf16
 from .errors import InputError
 from .memory_bank import MemoryBank, MemoryEntry
+from .model.inference import inference_copy
 from .model.network import STM
 from .model.ops import Pad, others_mask, pad_to_multiple, soft_aggregate, unpad
 
@@ -391,7 +392,7 @@ def propagate(
     docstring). The model stays on its own device; the caller picks it (``stm_core.load_model``).
     """
     check_seed_frames(seeds)
-    session = VideoSession(model, mem_every, max_memory_frames, precision)
+    session = VideoSession(inference_copy(model), mem_every, max_memory_frames, precision)
     complete = set(complete_seeds)
     count = 0
     for t, frame in enumerate(frames):

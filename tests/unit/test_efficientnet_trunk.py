@@ -70,6 +70,24 @@ def test_same_padding_matches_tensorflow_rule() -> None:
     assert conv(x).shape[-2:] == (4, 5)
 
 
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(9, 11), (8, 10), (7, 12)])
+def test_same_padding_in_the_convolution_equals_padding_first(kernel, stride, size) -> None:
+    """Symmetric padding is left to the convolution itself (no copy of the input): the result
+    is the TF rule's explicit padding followed by an unpadded convolution, for odd and even
+    sides, where the rule's padding is symmetric and where it is not."""
+    conv = lite.SameConv2d(4, 6, kernel, stride, bias=False)
+    x = torch.randn(1, 4, *size)
+    pads = []
+    for side in reversed(size):
+        total = max((-(-side // stride) - 1) * stride + kernel - side, 0)
+        pads += [total // 2, total - total // 2]
+    expected = F.conv2d(F.pad(x, pads), conv.weight, stride=stride)
+    assert torch.allclose(conv(x), expected, atol=1e-6)
+    assert conv(x).shape[-2:] == tuple(-(-side // stride) for side in size)
+
+
 @pytest.mark.parametrize("trunk", ["efficientnet_lite0", "efficientnet_lite2"])
 def test_mask_stems_leave_pretrained_features_unchanged(trunk: str) -> None:
     memory = LiteMemoryEncoder(trunk, pretrained=True).eval()
