@@ -26,15 +26,18 @@ from .efficientnet_lite import MBConv
 from .encoders import LiteMemoryEncoder, LiteQueryEncoder
 from .network import STM
 
+_MARK = "_inference_copy"  # set on a copy: its BatchNorms are gone
+
 
 def inference_copy(stm: STM) -> STM:
     """``stm`` with its BatchNorms folded (and channels-last encoders on a CPU), as a new model
     on the same device; ``stm`` itself
     when there is nothing to fold (a ResNet trunk) or it is in training mode (BatchNorm then
-    uses the batch's statistics, not a fixed scale)."""
-    if stm.training or stm.spec.family != "efficientnet_lite":
-        return stm
+    uses the batch's statistics, not a fixed scale), or is such a copy already."""
+    if stm.training or stm.spec.family != "efficientnet_lite" or getattr(stm, _MARK, False):
+        return stm  # nothing to fold, or folded already (a second fold would fail)
     folded = copy.deepcopy(stm)
+    setattr(folded, _MARK, True)
     on_cpu = next(stm.parameters()).device.type == "cpu"
     for encoder in (folded.Encoder_Q, folded.Encoder_M):
         _fold_lite_encoder(encoder)

@@ -40,6 +40,7 @@ def test_folded_encoders_compute_the_same_features():
     before = {k: v.clone() for k, v in stm.state_dict().items()}
     folded = inference_copy(stm)
     assert batchnorms(folded.Encoder_Q) == batchnorms(folded.Encoder_M) == 0
+    assert inference_copy(folded) is folded  # a copy is folded once
     assert batchnorms(stm.Encoder_Q) > 30  # the model itself is untouched
     stem = folded.Encoder_Q.trunk._conv_stem.weight
     assert stem.is_contiguous(memory_format=torch.channels_last)  # on a CPU
