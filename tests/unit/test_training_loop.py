@@ -402,3 +402,36 @@ def test_training_configs_validate_and_hold_only_relative_paths(path: Path):
     paths += config.data.photo_folders
     absolute = [p for p in paths if p is not None and Path(p).is_absolute()]
     assert not absolute, f"{path.name}: {absolute}"
+
+
+def _vote(rank: int, world_size: int, port: int, results) -> None:
+    import torch.distributed as dist
+
+    from pipeline.training.worker import _any_rank
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    try:
+        results[rank] = (
+            _any_rank(rank == 1, torch.device("cpu")),  # only rank 1 is out of time
+            _any_rank(False, torch.device("cpu")),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_time_limit_on_one_rank_stops_every_rank():
+    """Ranks read their own clocks; one that stops alone leaves the others waiting forever in
+    the gradient all-reduce. So the decision is a vote: any rank out of time stops all."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_vote, args=(2, port, results), nprocs=2, join=True)
+        assert dict(results) == {0: (True, False), 1: (True, False)}
