@@ -151,11 +151,8 @@ def run_worker(
         out_of_time = deadline is not None and _any_rank(
             time.monotonic() - started >= deadline, device
         )
-        if (
-            trainer.step % config.checkpoint_every == 0
-            or trainer.step == config.steps
-            or (out_of_time)
-        ):
+        due = trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps
+        if due or out_of_time:
             elapsed = time.monotonic() - window_start
             metrics = {
                 "step": trainer.step,
@@ -178,6 +175,7 @@ def run_worker(
                 config.steps,
             )
             break
+    stream.close()  # a run stopped early shuts its loader processes down now
     return trainer
 
 
