@@ -80,8 +80,9 @@ def test_fit_to_s3_writes_whole_checkpoints_and_resumes_by_name(
     """One run name, two fits (one test because each fit costs ~30 s here):
 
     1. ``fit`` for 2 steps: two complete checkpoint directories in the bucket.
-    2. ``fit`` again under the same name for 3 steps: it resumes from the newest checkpoint and
-       trains exactly one more step; its ``model.pt`` loads with ``stm_core.load_model``.
+    2. ``fit`` again under the same name for 4 steps with a time limit that runs out after its
+       first step: it resumes from the newest checkpoint, trains exactly one more step on both
+       ranks and stops with a checkpoint; its ``model.pt`` loads with ``stm_core.load_model``.
 
     A fit killed with SIGKILL and resumed from the last checkpoint Ray recorded is tested
     through the data engine, whose nightly run calls this ``fit``
@@ -114,7 +115,9 @@ def test_fit_to_s3_writes_whole_checkpoints_and_resumes_by_name(
     # so it writes exactly one checkpoint (a restart would write three). Resumed, not
     # restarted: the first two losses are the stored ones, bit for bit (a run that started over
     # would have other random weights: torch seeds every process at random).
-    result = fit(first.model_copy(update={"steps": 3}))
+    # A time limit that has run out after one step stops both ranks there (a vote: a rank that
+    # stopped alone would leave the other waiting in the all-reduce), with a checkpoint.
+    result = fit(first.model_copy(update={"steps": 4, "time_limit_minutes": 1e-6}))
     assert result.error is None
     assert result.metrics["step"] == 3
     (newest,) = set(checkpoint_dirs(fs, run_dir)) - set(dirs)

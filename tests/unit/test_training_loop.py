@@ -305,28 +305,6 @@ def test_train_local_checkpoints_and_resumes(tmp_path, caplog):
         assert torch.equal(value, trained[key].cpu()), key
 
 
-def test_time_limit_stops_with_a_checkpoint_and_the_name_resumes(tmp_path, caplog):
-    """A run out of time writes a checkpoint at the step it reached (not only at
-    ``checkpoint_every``) and stops; the same name carries on to ``steps``. Batches come from
-    two loader workers, as on a lent GPU."""
-    from pipeline.training.local import train_local
-
-    settings = local_settings(tmp_path / "runs", steps=3, checkpoint_every=100)
-    settings["data"] = {"seed": 0, "loader_workers": 2}
-    limited = TrainConfig.model_validate(settings | {"time_limit_minutes": 1e-6})
-    with caplog.at_level(logging.INFO, logger="pipeline.training.worker"):
-        first = train_local(limited)
-    assert first.step == 1
-    assert "time limit of 1e-06 minutes reached at step 1 of 3" in caplog.text
-    run_dir = tmp_path / "runs" / "tiny"
-    assert checkpoint_names(run_dir) == ["checkpoint_0000001"]
-    second = train_local(limited.model_copy(update={"time_limit_minutes": None}))
-    assert second.step == 3
-    assert [s for s, _ in second.history] == [0, 1, 2]
-    assert second.history[:1] == first.history
-    assert checkpoint_names(run_dir) == ["checkpoint_0000001", "checkpoint_0000003"]
-
-
 def test_cli_train_local(tmp_path, capsys):
     """``stm-label train --local --config FILE --set ...``: the overrides win over the file."""
     from jobs.cli import main
@@ -402,36 +380,3 @@ def test_training_configs_validate_and_hold_only_relative_paths(path: Path):
     paths += config.data.photo_folders
     absolute = [p for p in paths if p is not None and Path(p).is_absolute()]
     assert not absolute, f"{path.name}: {absolute}"
-
-
-def _vote(rank: int, world_size: int, port: int, results) -> None:
-    import torch.distributed as dist
-
-    from pipeline.training.worker import _any_rank
-
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
-    )
-    try:
-        results[rank] = (
-            _any_rank(rank == 1, torch.device("cpu")),  # only rank 1 is out of time
-            _any_rank(False, torch.device("cpu")),
-        )
-    finally:
-        dist.destroy_process_group()
-
-
-def test_a_time_limit_on_one_rank_stops_every_rank():
-    """Ranks read their own clocks; one that stops alone leaves the others waiting forever in
-    the gradient all-reduce. So the decision is a vote: any rank out of time stops all."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_vote, args=(2, port, results), nprocs=2, join=True)
-        assert dict(results) == {0: (True, False), 1: (True, False)}

