@@ -24,12 +24,12 @@ run_dir=$("$python" - "$config" "$@" <<'PY'
 import sys
 from pathlib import Path
 
+from jobs.cli import build_parser
 from schemas.common import load_config
 from schemas.training import TrainConfig
 
-args = sys.argv[2:]
-overrides = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--set"]
-config = load_config(TrainConfig, sys.argv[1], overrides)
+args = build_parser().parse_args(["train", "--local", "--config", *sys.argv[1:]])
+config = load_config(TrainConfig, args.config, args.set or [])
 print(Path(config.storage_path) / config.name)
 PY
 )

@@ -8,7 +8,6 @@ its trunk is read off the key head's input width.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ from typing import IO, Any
 import torch
 
 from .errors import CheckpointError
+from .io import file_sha256
 from .model.network import STM
 from .model.trunks import TRUNKS
 
@@ -93,11 +93,7 @@ def save_checkpoint(
 
 def checkpoint_sha256(path: str | os.PathLike[str]) -> str:
     """Content hash of a checkpoint file: the identity recorded next to every label it makes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def read_metadata(source: CheckpointSource) -> dict[str, Any]:

@@ -16,6 +16,7 @@ problem with the input raises :class:`~stm_core.errors.InputError` naming the fi
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -85,6 +86,16 @@ def read_frame_size(path: str | Path) -> Size:
     except DECODE_ERRORS as exc:
         raise unreadable(path, "image", exc) from None
     return height, width
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints and training shards are
+    tens of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_mask(path: str | Path) -> np.ndarray:

@@ -23,7 +23,6 @@ OpenCV is installed (the lent GPU image), with OpenCV.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from stm_core.errors import InputError
-from stm_core.io import read_frame, read_mask, write_mask
+from stm_core.io import file_sha256, read_frame, read_mask, write_mask
 from stm_core.training.photo_clips import PhotoSource
 
 from .folders import folder_video_source
@@ -59,14 +58,6 @@ class ShardSettings:
     max_videos: int | None = None  # per dataset; None: every video
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _even(frame: np.ndarray) -> np.ndarray:
     """yuv420p needs even sides: drop a last odd row or column (the mask loses the same)."""
     return frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2]
@@ -78,13 +69,6 @@ def _write_mask_png(path: Path, labels: np.ndarray) -> None:
         Image.fromarray(labels.astype(bool)).save(path, format="PNG", optimize=True)
     else:
         write_mask(path, labels)
-
-
-def _read_mask_png(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        if image.mode == "1":
-            return np.asarray(image, dtype=np.uint8)
-    return read_mask(path)
 
 
 def _encode_video(path: Path, frames: Iterator[np.ndarray], crf: int) -> tuple[int, int, int]:
@@ -219,7 +203,7 @@ def pack_shard(
         manifest["photos"].append({"folder": folder, "stems": stems})
         log.info("packed %d photos of %s", len(stems), root)
     files = sorted(p for p in partial.rglob("*") if p.is_file())
-    manifest["files"] = {p.relative_to(partial).as_posix(): _sha256(p) for p in files}
+    manifest["files"] = {p.relative_to(partial).as_posix(): file_sha256(p) for p in files}
     total = sum(p.stat().st_size for p in files)
     manifest["bytes"] = total
     if max_mb is not None and total > max_mb * 1e6:
@@ -256,7 +240,7 @@ def unpack_shard(shard: str | Path, out: str | Path) -> dict:
         path = shard / relative
         if not path.is_file():
             raise InputError(path, "listed in the shard's manifest but missing")
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             raise InputError(path, "its SHA-256 differs from the manifest's: damaged in transit")
     resolution = manifest["resolution"]
     for video in manifest["videos"]:
@@ -272,7 +256,7 @@ def unpack_shard(shard: str | Path, out: str | Path) -> dict:
         images.mkdir(parents=True, exist_ok=True)
         for name, frame in zip(video["frames"], frames, strict=True):
             Image.fromarray(frame).save(images / f"{name}.jpg", format="JPEG", quality=95)
-            write_mask(masks / f"{name}.png", _read_mask_png(source / f"{name}.png"))
+            write_mask(masks / f"{name}.png", read_mask(source / f"{name}.png"))
     for group in manifest["photos"]:
         source = shard / "photos" / group["folder"]
         target = out / group["folder"]
@@ -280,7 +264,7 @@ def unpack_shard(shard: str | Path, out: str | Path) -> dict:
         for stem in group["stems"]:
             shutil.copyfile(source / "images" / f"{stem}.jpg", target / "images" / f"{stem}.jpg")
             write_mask(
-                target / "masks" / f"{stem}.png", _read_mask_png(source / "masks" / f"{stem}.png")
+                target / "masks" / f"{stem}.png", read_mask(source / "masks" / f"{stem}.png")
             )
     log.info(
         "unpacked %d videos and %d photos to %s",
