@@ -20,7 +20,8 @@ import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
-from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from stm_core.model.resnet import BasicBlock, Bottleneck
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
 TRAIN_DATA = REAL_DATA.with_name("train")

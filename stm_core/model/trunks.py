@@ -1,6 +1,6 @@
 """Named trunks (ResNet, EfficientNet-Lite) and the channel widths that follow from each.
 
-The trunk is a configuration choice, like torchvision's ``resnet50(weights=...)``: the rest of the
+The trunk is a configuration choice, like a torchvision ``resnet50(weights=...)``: the rest of the
 network only needs the channel counts at strides 16, 8 and 4, which live here in one table so the
 encoders, key/value heads and decoder never hard-code them.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch.nn as nn
-import torchvision
+
+from .resnet import resnet
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def trunk_spec(name: str) -> TrunkSpec:
 
 
 def build_resnet(name: str) -> nn.Module:
-    """A torchvision ResNet with random weights: weights are never downloaded here."""
+    """A ResNet as torchvision builds it, with random weights: weights are never downloaded."""
     if trunk_spec(name).family != "resnet":
         raise ValueError(f"{name} is not a ResNet trunk")
-    return getattr(torchvision.models, name)(weights=None)
+    return resnet(name)

@@ -156,11 +156,14 @@ def test_the_cycle_search_reports_a_cycle() -> None:
 
 # What each package may not import, at any depth of its modules (design.md, "Layers"):
 # stm_core is one video and one model (no Ray, no fsspec, nothing above it); schemas is the
-# contracts, importable without torch; pipeline never reaches up into the entrypoints.
+# contracts, importable without torch; pipeline never reaches up into the entrypoints. Neither
+# imports torchvision: it pulls in torch._dynamo, seconds in every process that loads a model
+# (stm_core.model.resnet builds the ResNets instead; tests/unit/test_resnet.py).
 FORBIDDEN = {
-    "stm_core": ("pipeline", "jobs", "ray", "fsspec", "s3fs", "gcsfs"),
+    "stm_core": ("pipeline", "jobs", "ray", "fsspec", "s3fs", "gcsfs", "torchvision"),
     "schemas": ("pipeline", "jobs", "stm_core", "ray", "torch", "fsspec"),
-    "pipeline": ("jobs",),
+    "pipeline": ("jobs", "torchvision"),
+    "jobs": ("torchvision",),
 }
 
 
