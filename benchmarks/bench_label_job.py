@@ -24,7 +24,9 @@ corpus and seeds are uploaded to ``s3://<bucket>/<prefix>/``; the job writes its
   actor has loaded its model" to "the last shard's files are written", i.e. per-frame storage
   reads, decoding, propagation, RLE and the Parquet writes. It comes from the job's own progress
   callback (``frames / frames_per_second`` of its last report, which measures exactly that span).
-  Ray start-up is timed separately (``ray_start_seconds``) and is in neither.
+  Ray start-up is timed separately (``ray_start_seconds``) and is in neither. ``--address``
+  joins a running cluster instead of starting one (it must have 2 free CPUs); the start-up time
+  is then the connection's, and the JSON's ``settings.ray_address`` says so.
 - *overhead* = 1 - job frames/s / bare frames/s, with the job's ``labeling_seconds`` (target
   < 10 %) and, for reference, with its ``total_seconds``.
 - *discovery*: ``--discovery-videos`` tiny identical mp4 files (2 frames of 32 x 32) plus a
@@ -312,6 +314,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--discovery-videos", type=int, default=10_000)
     parser.add_argument("--endpoint", help="an S3 endpoint to use instead of starting moto")
     parser.add_argument("--bucket", default=BUCKET, help="created if missing")
+    parser.add_argument(
+        "--address", help="join this running Ray cluster (2 free CPUs) instead of starting one"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if args.quick:
@@ -362,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         bare_passes = [bare_pass(model, videos, args.mem_every, args.max_memory_frames)]
 
         start = time.perf_counter()
-        ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False)
+        if args.address:
+            ray.init(address=args.address)
+        else:
+            ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False)
         ray_start = time.perf_counter() - start
         jobs = []
         try:
@@ -437,6 +445,7 @@ def summarise(
             "torch_threads": 1,
             "videos_per_shard": args.videos_per_shard,
             "ray_cpus": RAY_CPUS,
+            "ray_address": args.address or "local (started here)",
             "storage": "moto S3 on loopback" + (" (external)" if args.endpoint else ""),
         },
         "timed": {

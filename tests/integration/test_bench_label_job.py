@@ -1,6 +1,7 @@
 """Smoke test of ``benchmarks/bench_label_job.py --quick`` against the session's moto server.
 
-The benchmark runs in a child process (it starts and stops its own local Ray) and writes its JSON
+The benchmark runs in a child process (joining the session's Ray with ``--address``: starting
+its own costs 10-15 s here, and starting one is what every other Ray test does) and writes its JSON
 to a temporary file; the test checks that the numbers in it are consistent with each other and
 with the corpus the script was asked to build: every frame labeled once by the bare loop and by
 both jobs, one mask row per frame and object, no errors, the shard and plan counts that the
@@ -23,7 +24,7 @@ TIMEOUT_S = 240  # ~60 s on an idle machine; Ray start-up alone takes 15 s under
 
 
 @pytest.fixture(scope="module")
-def quick_result(s3_server, aws_test_env, tmp_path_factory) -> tuple[dict, str]:
+def quick_result(s3_server, aws_test_env, ray_local, tmp_path_factory) -> tuple[dict, str]:
     """The JSON and stdout of one ``--quick`` run (module-scoped: the run takes ~1 minute)."""
     out = tmp_path_factory.mktemp("bench") / "label_job.json"
     env = dict(os.environ)  # aws_test_env has put the fake credentials in it
@@ -37,6 +38,8 @@ def quick_result(s3_server, aws_test_env, tmp_path_factory) -> tuple[dict, str]:
         s3_server.endpoint_url,
         "--bucket",
         s3_server.bucket,
+        "--address",
+        ray_local.address_info["gcs_address"],
         "--out",
         str(out),
     ]
@@ -67,7 +70,7 @@ def test_every_frame_is_labeled_once_by_each_path(quick_result) -> None:
         assert job["shards"] == math.ceil(settings["videos"] / settings["videos_per_shard"])
 
 
-def test_timings_are_consistent(quick_result) -> None:
+def test_timings_are_consistent(quick_result, ray_local) -> None:
     result, _ = quick_result
     for job in result["jobs"]:
         assert 0 < job["labeling_seconds"] < job["total_seconds"]
@@ -85,6 +88,7 @@ def test_timings_are_consistent(quick_result) -> None:
         two["labeling_fps"] / one["labeling_fps"]
     )
     assert result["ray_start_seconds"] > 0
+    assert result["settings"]["ray_address"] == ray_local.address_info["gcs_address"]
 
 
 def test_discovery_and_plan_of_the_large_corpus(quick_result) -> None:
