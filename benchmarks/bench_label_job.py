@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             ray.init(address="local", num_cpus=RAY_CPUS, include_dashboard=False)
         ray_start = time.perf_counter() - start
+        ray_cpus = int(ray.cluster_resources().get("CPU", 0))
         jobs = []
         try:
             for workers in (1, 2):
@@ -402,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.stop()
 
-    result = summarise(args, size, bare_passes, jobs, ray_start, discovery)
+    result = summarise(args, size, bare_passes, jobs, ray_start, ray_cpus, discovery)
     write_json(args.out, result)
     print(render(result))
     print(f"wrote {args.out}")
@@ -415,6 +416,7 @@ def summarise(
     bare_passes: list[dict[str, Any]],
     jobs: list[dict[str, Any]],
     ray_start: float,
+    ray_cpus: int,
     discovery: dict[str, Any],
 ) -> dict[str, Any]:
     bare_fps = median([p["fps"] for p in bare_passes])
@@ -444,7 +446,7 @@ def summarise(
             "max_memory_frames": args.max_memory_frames,
             "torch_threads": 1,
             "videos_per_shard": args.videos_per_shard,
-            "ray_cpus": RAY_CPUS,
+            "ray_cpus": ray_cpus,  # the cluster's, when --address joins one
             "ray_address": args.address or "local (started here)",
             "storage": "moto S3 on loopback" + (" (external)" if args.endpoint else ""),
         },

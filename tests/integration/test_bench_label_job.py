@@ -1,7 +1,8 @@
 """Smoke test of ``benchmarks/bench_label_job.py --quick`` against the session's moto server.
 
-The benchmark runs in a child process (joining the session's Ray with ``--address``: starting
-its own costs 10-15 s here, and starting one is what every other Ray test does) and writes its JSON
+The benchmark runs in a child process (joining the session's Ray with ``--address``, as the
+other Ray tests use it, rather than starting a local cluster of its own: 10-15 s here) and
+writes its JSON
 to a temporary file; the test checks that the numbers in it are consistent with each other and
 with the corpus the script was asked to build: every frame labeled once by the bare loop and by
 both jobs, one mask row per frame and object, no errors, the shard and plan counts that the
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240  # ~60 s on an idle machine; Ray start-up alone takes 15 s under load
@@ -89,6 +91,7 @@ def test_timings_are_consistent(quick_result, ray_local) -> None:
     )
     assert result["ray_start_seconds"] > 0
     assert result["settings"]["ray_address"] == ray_local.address_info["gcs_address"]
+    assert result["settings"]["ray_cpus"] == int(ray.cluster_resources()["CPU"])
 
 
 def test_discovery_and_plan_of_the_large_corpus(quick_result) -> None:
