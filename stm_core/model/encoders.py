@@ -23,7 +23,7 @@ Features = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # f16, f8, f4
 
 
 class _Trunk(nn.Module):
-    """Stem + layer1..layer3 of a (torchvision-built) ResNet, with ImageNet normalisation inside."""
+    """Stem + layer1..layer3 of a ResNet (``.resnet``), with ImageNet normalisation inside."""
 
     def __init__(self, trunk: str) -> None:
         super().__init__()
