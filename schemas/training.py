@@ -88,6 +88,18 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(100, ge=0)
     freeze_bn: bool | None = None
+    loss_top_p: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="bootstrapped cross-entropy: each frame's loss is the mean over this "
+        "fraction of its hardest pixels (STCN/XMem use 0.15); 1.0 is the plain mean",
+    )
+    loss_top_p_warm: tuple[int, int] = Field(
+        (0, 0),
+        description="steps [start, end) over which the kept fraction goes from 1.0 down to "
+        "loss_top_p (XMem: 20k to 70k of 150k)",
+    )
     bf16: bool | None = Field(None, description=BF16_HELP)
     checkpoint_every: int = Field(100, ge=1)
     # Stop this run (with a checkpoint) once it has trained this long; the same name resumes it.
@@ -119,6 +131,15 @@ class TrainConfig(StrictModel):
         if self.pretrained_trunk is None:
             return self.trunk.startswith("efficientnet_lite")
         return self.pretrained_trunk
+
+    @field_validator("loss_top_p_warm")
+    @classmethod
+    def _warm_in_order(cls, warm: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= warm[0] <= warm[1]:
+            raise ValueError(
+                f"loss_top_p_warm must be [start, end] with 0 <= start <= end, got {warm}"
+            )
+        return warm
 
     @model_validator(mode="after")
     def _skip_range(self) -> TrainConfig:

@@ -70,13 +70,39 @@ def _select(query: QueryFeatures, index: torch.Tensor) -> QueryFeatures:
     )
 
 
-def clip_loss(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the predicted frames.
+def clip_loss(logits: list[torch.Tensor], labels: torch.Tensor, top_p: float = 1.0) -> torch.Tensor:
+    """Mean cross-entropy over the predicted frames, optionally over each frame's hardest pixels.
 
     ``labels``: B x T x H x W long, 0 = background, k = the k-th object slot (1-based).
+    ``top_p`` < 1 is the bootstrapped cross-entropy of STCN and XMem: each frame's loss is the
+    mean over the ``top_p`` fraction of its pixels (across the batch) with the largest loss. Once
+    a model gets the bulk of an object right, the plain mean is dominated by easy pixels; the
+    hard ones (thin parts, boundaries, a look-alike taken for the object) are where it still
+    learns.
     """
-    losses = [F.cross_entropy(lg, labels[:, i + 1]) for i, lg in enumerate(logits)]
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    losses = []
+    for i, lg in enumerate(logits):
+        if top_p == 1.0:
+            losses.append(F.cross_entropy(lg, labels[:, i + 1]))
+            continue
+        per_pixel = F.cross_entropy(lg, labels[:, i + 1], reduction="none").flatten()
+        kept = max(1, int(per_pixel.numel() * top_p))
+        losses.append(per_pixel.topk(kept, sorted=False).values.mean())
     return torch.stack(losses).mean()
+
+
+def bootstrap_top_p(step: int, top_p: float, warm: tuple[int, int]) -> float:
+    """The fraction of pixels :func:`clip_loss` keeps at ``step``: all of them before
+    ``warm[0]``, then linearly down to ``top_p`` at ``warm[1]`` and after, as in XMem (its
+    main training goes from 1 to 0.15 between iterations 20k and 70k of 150k)."""
+    start, end = warm
+    if step < start:
+        return 1.0
+    if step >= end:
+        return top_p
+    return top_p + (1.0 - top_p) * (end - step) / (end - start)
 
 
 def set_batchnorm_frozen(module: nn.Module, frozen: bool) -> None:

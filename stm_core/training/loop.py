@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import native_bf16
 from ..model.network import STM
-from .clip_model import ClipSTM, clip_loss, set_batchnorm_frozen
+from .clip_model import ClipSTM, bootstrap_top_p, clip_loss, set_batchnorm_frozen
 from .datasets import ClipDataset, collate_clips
 from .video_clips import max_skip_schedule
 
@@ -61,7 +61,16 @@ class Trainer:
         bf16: bool | None = None,
         wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
         trunk_lr_scale: float = 1.0,
+        loss_top_p: float = 1.0,
+        loss_top_p_warm: tuple[int, int] = (0, 0),
     ) -> None:
+        """``loss_top_p`` / ``loss_top_p_warm``: bootstrapped cross-entropy, see
+        :func:`~stm_core.training.clip_model.bootstrap_top_p` (1.0: the plain mean)."""
+        if not 0.0 < loss_top_p <= 1.0:
+            raise ValueError(f"loss_top_p must be in (0, 1], got {loss_top_p}")
+        if not 0 <= loss_top_p_warm[0] <= loss_top_p_warm[1]:
+            raise ValueError(f"loss_top_p_warm must be 0 <= start <= end, got {loss_top_p_warm}")
+        self.loss_top_p, self.loss_top_p_warm = loss_top_p, tuple(loss_top_p_warm)
         self.stm = stm.to(device)
         self.bf16 = native_bf16(device) if bf16 is None else bf16
         self.device = device
@@ -95,7 +104,8 @@ class Trainer:
         valid = batch["valid"][:, 1:].to(self.device)  # B x K
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.module(frames, first, valid)
-        loss = clip_loss([lg.float() for lg in logits], labels)
+        top_p = bootstrap_top_p(self.step, self.loss_top_p, self.loss_top_p_warm)
+        loss = clip_loss([lg.float() for lg in logits], labels, top_p)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.stm.parameters(), 5.0)

@@ -24,6 +24,7 @@ from schemas.common import load_config
 from schemas.training import TrainConfig
 from stm_core import STM, load_model
 from stm_core.checkpoint import read_metadata
+from stm_core.training.clip_model import bootstrap_top_p, clip_loss
 from stm_core.training.datasets import ClipDataset, collate_clips
 from stm_core.training.loop import StepBatches, Trainer, batch_for_step, lr_factor, step_batches
 from stm_core.training.video_clips import max_skip_schedule
@@ -52,7 +53,9 @@ def fixed_batch() -> dict[str, torch.Tensor]:
     return batch_for_step(tiny_dataset(), step=0, batch_size=2)
 
 
-def make_trainer(lr: float, freeze_bn: bool = False, steps: int = 15, seed: int = 0) -> Trainer:
+def make_trainer(
+    lr: float, freeze_bn: bool = False, steps: int = 15, seed: int = 0, **options: object
+) -> Trainer:
     torch.manual_seed(seed)
     return Trainer(
         STM("resnet18"),
@@ -63,6 +66,7 @@ def make_trainer(lr: float, freeze_bn: bool = False, steps: int = 15, seed: int 
         freeze_bn=freeze_bn,
         device=torch.device("cpu"),
         bf16=None,  # native only: emulated bf16 made the overfitting test 7x slower
+        **options,
     )
 
 
@@ -92,6 +96,63 @@ def test_train_step_applies_the_schedule(fixed_batch):
     trainer = make_trainer(lr=1e-3)
     trainer.train_step(fixed_batch)  # step 0 of a 3-step warm-up: lr = 1/3 of the peak
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 / 3)
+
+
+# --- bootstrapped cross-entropy ------------------------------------------------------------
+
+
+def random_logits(seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Two predicted frames of a batch of 2 with 3 classes at 8 x 8, and their labels."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = [torch.randn(2, 3, 8, 8, generator=gen) for _ in range(2)]
+    labels = torch.randint(0, 3, (2, 3, 8, 8), generator=gen)
+    return logits, labels
+
+
+def test_clip_loss_keeps_each_frames_hardest_pixels():
+    logits, labels = random_logits(0)
+    per_frame = [
+        nn.functional.cross_entropy(lg, labels[:, i + 1], reduction="none").flatten()
+        for i, lg in enumerate(logits)
+    ]
+    plain = torch.stack([p.mean() for p in per_frame]).mean()
+    assert clip_loss(logits, labels) == pytest.approx(float(plain), rel=1e-6)
+    assert clip_loss(logits, labels, top_p=1.0) == pytest.approx(float(plain), rel=1e-6)
+    # 128 pixels per frame (2 x 8 x 8): a quarter keeps the 32 largest losses of each frame.
+    hardest = torch.stack([p.sort(descending=True).values[:32].mean() for p in per_frame])
+    assert clip_loss(logits, labels, top_p=0.25) == pytest.approx(float(hardest.mean()), rel=1e-6)
+    assert clip_loss(logits, labels, top_p=0.25) > plain
+    # A fraction too small for one pixel still keeps the hardest one.
+    worst = torch.stack([p.max() for p in per_frame]).mean()
+    assert clip_loss(logits, labels, top_p=1e-6) == pytest.approx(float(worst), rel=1e-6)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="top_p"):
+            clip_loss(logits, labels, top_p=bad)
+
+
+def test_bootstrap_top_p_warms_linearly_between_its_steps():
+    assert bootstrap_top_p(0, 0.15, (10, 20)) == 1.0
+    assert bootstrap_top_p(9, 0.15, (10, 20)) == 1.0
+    assert bootstrap_top_p(10, 0.15, (10, 20)) == pytest.approx(1.0)
+    assert bootstrap_top_p(15, 0.15, (10, 20)) == pytest.approx(0.575)
+    assert bootstrap_top_p(20, 0.15, (10, 20)) == pytest.approx(0.15)
+    assert bootstrap_top_p(10_000, 0.15, (10, 20)) == pytest.approx(0.15)
+    assert bootstrap_top_p(0, 0.15, (0, 0)) == pytest.approx(0.15)  # no warm-up
+    assert bootstrap_top_p(5, 1.0, (0, 10)) == 1.0  # the plain mean throughout
+
+
+def test_trainer_trains_on_the_bootstrapped_loss(fixed_batch):
+    """Same seed, same batch: the bootstrapped trainer's first loss is its hardest pixels' mean,
+    above the plain trainer's; and it still learns the batch."""
+    plain = make_trainer(lr=1e-3).train_step(fixed_batch)
+    trainer = make_trainer(lr=1e-3, loss_top_p=0.15)
+    losses = [trainer.train_step(fixed_batch) for _ in range(15)]
+    assert losses[0] > 1.5 * plain, (losses[0], plain)
+    assert losses[-1] < 0.7 * losses[0], losses
+    with pytest.raises(ValueError, match="loss_top_p"):
+        make_trainer(lr=1e-3, loss_top_p=0.0)
+    with pytest.raises(ValueError, match="loss_top_p_warm"):
+        make_trainer(lr=1e-3, loss_top_p=0.5, loss_top_p_warm=(20, 10))
 
 
 def test_lr_factor_warmup_then_cosine():
@@ -205,6 +266,9 @@ def test_batchnorm_freezing(fixed_batch, frozen):
         ({"data": {"recolour_prob": 1.5}}, "recolour_prob"),
         ({"data": {"lookalike_prob": -0.5}}, "lookalike_prob"),
         ({"data": {"sensor_look_prob": 2}}, "sensor_look_prob"),
+        ({"loss_top_p": 0}, "loss_top_p"),
+        ({"loss_top_p": 1.5}, "loss_top_p"),
+        ({"loss_top_p_warm": [50, 10]}, "loss_top_p_warm"),
     ],
 )
 def test_train_config_errors_name_the_field(settings, field):
