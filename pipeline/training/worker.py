@@ -21,7 +21,6 @@ import torch.nn as nn
 
 from schemas.training import TrainConfig
 from stm_core import STM, load_model, save_checkpoint
-from stm_core.training.clip_model import bootstrap_top_p
 from stm_core.training.datasets import ClipDataset
 from stm_core.training.loop import StepBatches, Trainer, step_batches
 from stm_core.training.photo_clips import PhotoSource
@@ -163,7 +162,7 @@ def run_worker(
                 "samples_per_s": len(window_losses) * config.batch_size * world_size / elapsed,
                 "max_skip": batches.max_skip(step),
                 "lr": trainer.optimizer.param_groups[0]["lr"],
-                "loss_top_p": bootstrap_top_p(step, config.loss_top_p, config.loss_top_p_warm),
+                "loss_top_p": trainer.loss_share(step),
             }
             log.info("%s step %d: %s", config.name, trainer.step, metrics)
             with tempfile.TemporaryDirectory() as tmp:

@@ -104,8 +104,7 @@ class Trainer:
         valid = batch["valid"][:, 1:].to(self.device)  # B x K
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.module(frames, first, valid)
-        top_p = bootstrap_top_p(self.step, self.loss_top_p, self.loss_top_p_warm)
-        loss = clip_loss([lg.float() for lg in logits], labels, top_p)
+        loss = clip_loss([lg.float() for lg in logits], labels, self.loss_share(self.step))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.stm.parameters(), 5.0)
@@ -114,6 +113,10 @@ class Trainer:
         self.history.append((self.step, value))
         self.step += 1
         return value
+
+    def loss_share(self, step: int) -> float:
+        """The share of each frame's pixels the loss averages at ``step`` (1.0: all of them)."""
+        return bootstrap_top_p(step, self.loss_top_p, self.loss_top_p_warm)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything but the network weights, which go into the model checkpoint."""
